@@ -1,0 +1,1 @@
+"""The ``etchacell`` command line: thin Typer commands over library functions."""

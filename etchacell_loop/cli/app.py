@@ -1,0 +1,64 @@
+"""The ``etchacell`` root command: global options and the command groups."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.logging import RichHandler
+
+from etchacell_loop import __version__
+from etchacell_loop.cli import config_cmd, db_cmd, query_cmd
+from etchacell_loop.cli.context import CliState, err_console
+
+app = typer.Typer(
+    name="etchacell",
+    help="Volunteer tracings of the nuclear envelope → CRIA consensus → U-Net → back to volunteers.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(db_cmd.app, name="db")
+app.command("query")(query_cmd.query)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"etchacell {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", envvar="ETCHACELL_CONFIG", help="TOML configuration file"),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log debug messages")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
+) -> None:
+    """Global options shared by every command."""
+    ctx.obj = CliState(config_path=config)
+    _configure_logging(verbose)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Logs go to stderr, so stdout stays clean for csv/json output; libraries stay quiet."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    for noisy in ("alembic", "httpx", "urllib3", "panoptes_client"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

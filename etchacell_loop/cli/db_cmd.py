@@ -1,0 +1,66 @@
+"""``etchacell db``: create and migrate the schema (Alembic)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from etchacell_loop.cli.context import console, describe_database, operator_errors, state
+from etchacell_loop.db import migrate
+
+app = typer.Typer(help="Create and migrate the database schema.", no_args_is_help=True)
+
+
+@app.command("upgrade")
+@operator_errors
+def upgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="target revision")] = "head",
+) -> None:
+    """Migrate the database up to REVISION (default: the newest). Safe to run again."""
+    cli = state(ctx)
+    engine = cli.engine()
+    try:
+        before = migrate.current_revision(engine) or "base (empty)"
+        migrate.upgrade(engine, revision)
+        after = migrate.current_revision(engine)
+        where = describe_database(cli.settings)
+        if before == after:
+            console.print(f"{where} already at revision {after}")
+        else:
+            console.print(f"{where} migrated from {before} to revision {after}")
+    finally:
+        engine.dispose()
+
+
+@app.command("downgrade")
+@operator_errors
+def downgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="target revision; 'base' removes every table")] = "-1",
+) -> None:
+    """Migrate the database down to REVISION (default: one step)."""
+    cli = state(ctx)
+    engine = cli.engine()
+    try:
+        migrate.downgrade(engine, revision)
+        now = migrate.current_revision(engine) or "base (empty)"
+        console.print(f"{describe_database(cli.settings)} is at revision {now}")
+    finally:
+        engine.dispose()
+
+
+@app.command("current")
+@operator_errors
+def current(ctx: typer.Context) -> None:
+    """Show the database's revision and the newest one this code knows."""
+    cli = state(ctx)
+    engine = cli.engine()
+    try:
+        at = migrate.current_revision(engine)
+        head = migrate.head_revision()
+    finally:
+        engine.dispose()
+    note = "up to date" if at == head else "run `etchacell db upgrade`"
+    console.print(f"{describe_database(cli.settings)}: at {at or 'base (empty)'}, newest {head} ({note})")

@@ -1,0 +1,405 @@
+"""Settings for every etchacell process, from one TOML file overridden by ``ETCHACELL_*`` variables.
+
+Why one place: the daemon, the GPU worker, the dashboard and the CLI must agree on the database,
+the Panoptes project and the loop's thresholds. They all call :func:`load_settings`.
+
+Precedence, highest first: environment (``ETCHACELL_SECTION__KEY``), the TOML file
+(``--config`` or ``ETCHACELL_CONFIG``, else ``./etchacell.toml`` when present), then defaults.
+Secrets (the Panoptes client secret, the dashboard operator token) are read only from the
+environment or from a file named in the configuration, never from the TOML itself, and they are
+held as :class:`~pydantic.SecretStr` so they never print by accident.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+ENV_PREFIX = "ETCHACELL_"
+ENV_NESTED_DELIMITER = "__"
+CONFIG_ENV_VAR = "ETCHACELL_CONFIG"
+DEFAULT_CONFIG_NAME = "etchacell.toml"
+MASK = "********"
+
+# Keys that hold secrets directly: accepted from the environment only.
+SECRET_KEYS = frozenset({"panoptes.client_secret", "dashboard.operator_token"})
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line that names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PanoptesSettings(_Section):
+    """Where the Zooniverse project lives and how the loop signs in (client credentials)."""
+
+    endpoint: str = "https://www.zooniverse.org"
+    caesar_endpoint: str = "https://caesar.zooniverse.org"
+    project_id: int | None = Field(default=None, gt=0)
+    segmentation_workflow_id: int | None = Field(default=None, gt=0)
+    correction_workflow_id: int | None = Field(default=None, gt=0)
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    page_size: int = Field(default=100, ge=1, le=100)
+
+    @field_validator("endpoint", "caesar_endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("client_secret_file")
+    @classmethod
+    def _readable_secret_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            _read_secret_file(value)
+        return value
+
+    @model_validator(mode="after")
+    def _secret_from_file(self) -> PanoptesSettings:
+        if self.client_secret is None and self.client_secret_file is not None:
+            object.__setattr__(self, "client_secret", _read_secret_file(self.client_secret_file))
+        return self
+
+
+class JobSettings(_Section):
+    """How often the daemon runs each job; a job counts as late after ``late_factor`` intervals."""
+
+    ingest_interval_s: int = Field(default=300, ge=5)
+    aggregate_interval_s: int = Field(default=300, ge=5)
+    retire_interval_s: int = Field(default=600, ge=5)
+    train_interval_s: int = Field(default=900, ge=5)
+    publish_interval_s: int = Field(default=900, ge=5)
+    late_factor: float = Field(default=3.0, ge=1.0)
+
+
+class ConsensusSettings(_Section):
+    """CRIA parameters (paper sections 2.4 and 4.8)."""
+
+    method: str = "cria"
+    join_rule: Literal["greedy", "min-total"] = "greedy"
+    agreement_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+    denominator: Literal["drawers", "classifications"] = "drawers"
+    envelope_width_nm: float = Field(default=70.0, gt=0.0)
+
+
+class RetirementSettings(_Section):
+    """When a subject's consensus counts as settled, instead of a fixed 30 classifications."""
+
+    policy: str = "stable-consensus"
+    min_classifications: int = Field(default=8, ge=1)
+    max_classifications: int = Field(default=30, ge=1)
+    stability_dice: float = Field(default=0.95, gt=0.0, le=1.0)
+    stable_checks: int = Field(default=2, ge=1)
+    panoptes_reason: Literal["consensus", "classification_count", "other", "human"] = "consensus"
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> RetirementSettings:
+        if self.max_classifications < self.min_classifications:
+            raise ValueError("max_classifications must be at least min_classifications")
+        return self
+
+
+class TrainingSettings(_Section):
+    """When the daemon queues an automatic training run, and what it trains."""
+
+    min_new_consensus_slices: int = Field(default=200, ge=1)
+    preset: str = "small"
+    heartbeat_timeout_s: int = Field(default=600, ge=10)
+
+
+class CorrectionSettings(_Section):
+    """How model predictions go back to volunteers."""
+
+    mode: Literal["caesar", "fallback"] = "caesar"
+    budget_per_round: int = Field(default=50, ge=0)
+    monitoring_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
+class ImagingSettings(_Section):
+    """Source voxel size and the subject format of the paper (1000 px JPEG, 5-frame flipbook)."""
+
+    pixel_size_xy_nm: float = Field(default=10.0, gt=0.0)
+    pixel_size_z_nm: float = Field(default=50.0, gt=0.0)
+    crop_size_px: int = Field(default=2000, ge=16)
+    subject_size_px: int = Field(default=1000, ge=16)
+    jpeg_quality: int = Field(default=90, ge=1, le=100)
+    flipbook_offsets_nm: tuple[float, ...] = (-500.0, -250.0, 0.0, 250.0, 500.0)
+
+    @field_validator("flipbook_offsets_nm")
+    @classmethod
+    def _offsets_centered(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if 0.0 not in value:
+            raise ValueError("must include 0 (the slice itself)")
+        if list(value) != sorted(value):
+            raise ValueError("must be in increasing order")
+        return value
+
+
+class DashboardSettings(_Section):
+    """The ops dashboard: where it listens and who may act."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    operator_token: SecretStr | None = None
+    operator_token_file: Path | None = None
+    public_read: bool = False
+
+    @field_validator("operator_token_file")
+    @classmethod
+    def _readable_token_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            _read_secret_file(value)
+        return value
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> DashboardSettings:
+        if self.operator_token is None and self.operator_token_file is not None:
+            object.__setattr__(self, "operator_token", _read_secret_file(self.operator_token_file))
+        return self
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one etchacell process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    panoptes: PanoptesSettings = PanoptesSettings()
+    jobs: JobSettings = JobSettings()
+    consensus: ConsensusSettings = ConsensusSettings()
+    retirement: RetirementSettings = RetirementSettings()
+    training: TrainingSettings = TrainingSettings()
+    correction: CorrectionSettings = CorrectionSettings()
+    imaging: ImagingSettings = ImagingSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML content arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    @field_validator("database_url")
+    @classmethod
+    def _parseable_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            make_url(value)
+        except Exception as exc:
+            raise ValueError(f"not a database URL ({exc})") from None
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL, or a SQLite file under the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'etchacell.db').resolve()}"
+
+
+def _read_secret_file(path: Path) -> SecretStr:
+    try:
+        text = path.expanduser().read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+    if not text:
+        raise ValueError(f"secret file {path} is empty")
+    return SecretStr(text)
+
+
+def find_config_file(explicit: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The TOML file to read: ``--config``, else ``$ETCHACELL_CONFIG``, else ``./etchacell.toml`` if present."""
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        return explicit
+    if env.get(CONFIG_ENV_VAR):
+        return Path(env[CONFIG_ENV_VAR])
+    default = Path(DEFAULT_CONFIG_NAME)
+    return default if default.is_file() else None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read the configuration file, refusing secrets written into it."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    for key in SECRET_KEYS:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict) and name in data[section]:
+            env_name = env_var_for(key)
+            raise ConfigError(f"{key}: secrets are not read from {path}; set {env_name} or {key}_file instead")
+    _resolve_relative_paths(data, base=path.parent)
+    return data
+
+
+def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative paths in a config file are relative to that file, not to the caller's directory."""
+    path_keys = {
+        (None, "data_dir"),
+        ("panoptes", "client_secret_file"),
+        ("dashboard", "operator_token_file"),
+    }
+    for section, name in path_keys:
+        holder = data if section is None else data.get(section)
+        if isinstance(holder, dict) and isinstance(holder.get(name), str):
+            candidate = Path(holder[name]).expanduser()
+            holder[name] = str(candidate if candidate.is_absolute() else base / candidate)
+
+
+def env_var_for(dotted_key: str) -> str:
+    """``retirement.min_classifications`` → ``ETCHACELL_RETIREMENT__MIN_CLASSIFICATIONS``."""
+    return ENV_PREFIX + dotted_key.replace(".", ENV_NESTED_DELIMITER).upper()
+
+
+def load_settings(config_path: Path | None = None) -> Settings:
+    """Build the effective settings; any problem becomes one :class:`ConfigError` line naming the key."""
+    path = find_config_file(config_path)
+    file_data = read_toml(path) if path is not None else {}
+    try:
+        return Settings(**file_data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, setting_sources(config_path))) from None
+
+
+def describe_validation_error(exc: ValidationError, sources: Mapping[str, str] | None = None) -> str:
+    """Every problem on one line: ``key = value: reason (from where it was set)``."""
+    parts = []
+    sources = sources or {}
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"] if not isinstance(p, int)) or "(top level)"
+        reason = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown setting{_suggestion(key)}")
+            continue
+        shown = MASK if key in SECRET_KEYS else _short_repr(error.get("input"))
+        origin = _origin(key, sources)
+        parts.append((f"{key} = {shown}: {reason}" if shown else f"{key}: {reason}") + origin)
+    return "; ".join(parts)
+
+
+def known_keys() -> list[str]:
+    """Every dotted setting name, for suggestions and documentation."""
+    keys: list[str] = []
+    for name, info in Settings.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(f"{name}.{sub}" for sub in annotation.model_fields)
+        else:
+            keys.append(name)
+    return keys
+
+
+def _suggestion(key: str) -> str:
+    close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _origin(key: str, sources: Mapping[str, str]) -> str:
+    source = sources.get(key)
+    if source is None:
+        # A whole section can fail (e.g. retirement bounds); name where its keys came from.
+        inner = {v for k, v in sources.items() if k.startswith(key + ".")}
+        source = ", ".join(sorted(inner)) if inner else None
+    if source is None:
+        return ""
+    return f" (set by {env_var_for(key)})" if source == "env" else f" (in {source})"
+
+
+def _short_repr(value: Any) -> str:
+    if value is None or isinstance(value, dict):
+        return ""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def masked_database_url(url: str) -> str:
+    """The database URL with any password replaced, for printing and logging."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def flatten(settings: Settings) -> Iterator[tuple[str, Any]]:
+    """Every effective setting as ``(dotted_key, printable_value)``, secrets masked."""
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, BaseModel):
+            for sub in type(value).model_fields:
+                yield f"{name}.{sub}", _printable(getattr(value, sub))
+        elif name == "database_url":
+            yield name, masked_database_url(settings.effective_database_url)
+        else:
+            yield name, _printable(value)
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return MASK
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def setting_sources(config_path: Path | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Where each explicitly set key came from (``env`` or the file); unlisted keys are defaults."""
+    env = os.environ if environ is None else environ
+    sources: dict[str, str] = {}
+    path = find_config_file(config_path, env)
+    if path is not None and path.is_file():
+        for section, value in read_toml(path).items():
+            if isinstance(value, dict):
+                for key in value:
+                    sources[f"{section}.{key}"] = str(path)
+            else:
+                sources[section] = str(path)
+    for name in env:
+        if name.startswith(ENV_PREFIX) and name != CONFIG_ENV_VAR:
+            dotted = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTED_DELIMITER, ".")
+            sources[dotted] = "env"
+    for key in SECRET_KEYS:
+        if key in sources:
+            continue
+        if f"{key}_file" in sources:
+            sources[key] = f"file ({key}_file)"
+    return sources
