@@ -9,6 +9,7 @@ second run never trips over the first.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,9 +55,22 @@ def _postgres_database(admin_url: str) -> Iterator[str]:
     try:
         yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _drop_database(admin, name)
         admin.dispose()
+
+
+def _drop_database(admin: Engine, name: str, attempts: int = 50) -> None:
+    """Plain DROP (it cancels autovacuum by itself; FORCE would need pg_signal_backend), retried
+    briefly while a just-closed connection of the test is still going away."""
+    for attempt in range(attempts):
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+            return
+        except sa.exc.OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -75,7 +75,7 @@ def operator_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except _OPERATOR_ERRORS as exc:
             _fail(str(exc))
-        except sqlalchemy.exc.OperationalError as exc:
+        except sqlalchemy.exc.DBAPIError as exc:
             _fail(f"database error: {_first_line(exc)}")
         raise AssertionError("unreachable")
 

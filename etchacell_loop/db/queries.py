@@ -42,6 +42,7 @@ _PARAM = re.compile(
 )
 _RELATIVE = re.compile(r"^-(?P<n>\d+)(?P<unit>[dhm])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+_SQLITE_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
 
 
 class QueryError(Exception):
@@ -155,7 +156,7 @@ def bind_values(query: NamedQuery, given: Mapping[str, str], now: datetime | Non
     moment = now or datetime.now(UTC)
     values: dict[str, Any] = {}
     for param in query.params:
-        raw = given.get(param.name, param.default)
+        raw = given.get(param.name) or param.default  # "top=" means "the default", not NULL
         values[param.name] = None if raw in (None, "") else _convert(query.name, param, str(raw), moment)
     return values
 
@@ -207,6 +208,9 @@ def _typed_binds(query: NamedQuery) -> list[sa.BindParameter[Any]]:
 
 
 def _printable(value: Any) -> Any:
+    if isinstance(value, str) and _SQLITE_TIMESTAMP.match(value):
+        # SQLite hands stored UTC timestamps back as bare text; show them as PostgreSQL does.
+        return datetime.fromisoformat(value).replace(tzinfo=UTC).isoformat()
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat() if value.tzinfo else value.isoformat()
     if isinstance(value, date):

@@ -1,0 +1,40 @@
+-- title: Model versions
+-- description: Model versions, newest first, with their test-split figures against the volunteer
+-- description: consensus and against ground truth (F-measure, average Hausdorff distance in nm), and
+-- description: the mean Dice between their predictions and the volunteers' corrections of them.
+SELECT
+    mv.version AS version,
+    mv.preset AS preset,
+    mv.architecture AS architecture,
+    mv.promoted AS promoted,
+    mv.promoted_at AS promoted_at,
+    mv.created_at AS created_at,
+    mv.training_run_id AS training_run_id,
+    mm.f_measure_consensus AS f_measure_consensus,
+    mm.f_measure_truth AS f_measure_truth,
+    mm.ahd_nm_consensus AS ahd_nm_consensus,
+    mm.ahd_nm_truth AS ahd_nm_truth,
+    cd.mean_correction_dice AS mean_correction_dice,
+    COALESCE(cd.corrected_slices, 0) AS corrected_slices
+FROM model_version AS mv
+LEFT JOIN (
+    SELECT
+        m.model_version_id AS model_version_id,
+        MAX(CASE WHEN m.name = 'f_measure' AND m.reference = 'consensus' THEN m.value END) AS f_measure_consensus,
+        MAX(CASE WHEN m.name = 'f_measure' AND m.reference = 'truth' THEN m.value END) AS f_measure_truth,
+        MAX(CASE WHEN m.name = 'ahd_nm' AND m.reference = 'consensus' THEN m.value END) AS ahd_nm_consensus,
+        MAX(CASE WHEN m.name = 'ahd_nm' AND m.reference = 'truth' THEN m.value END) AS ahd_nm_truth
+    FROM model_metric AS m
+    WHERE m.split = 'test'
+    GROUP BY m.model_version_id
+) AS mm ON mm.model_version_id = mv.id
+LEFT JOIN (
+    SELECT
+        pb.model_version_id AS model_version_id,
+        AVG(sp.correction_dice) AS mean_correction_dice,
+        COUNT(sp.correction_dice) AS corrected_slices
+    FROM prediction_batch AS pb
+    JOIN slice_prediction AS sp ON sp.batch_id = pb.id
+    GROUP BY pb.model_version_id
+) AS cd ON cd.model_version_id = mv.id
+ORDER BY mv.created_at DESC, mv.id DESC

@@ -1,0 +1,922 @@
+"""The named ops queries run on SQLite and PostgreSQL and return the figures computed here, in Python,
+from the very rows the test inserted.
+
+Timestamps are relative to now and kept well away from every window edge (-1d, -2d, -7d, -30d), so
+the default windows of the queries include what they should whatever the time of the run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from etchacell_loop.db.models import (
+    Classification,
+    ClassificationSource,
+    DataSplit,
+    Event,
+    EventLevel,
+    JobRun,
+    JobStatus,
+    MetricReference,
+    ModelMetric,
+    ModelVersion,
+    PredictionBatch,
+    Project,
+    RetirementState,
+    Roi,
+    RunStatus,
+    SlicePrediction,
+    Subject,
+    SubjectKind,
+    SubjectSet,
+    SyncCursor,
+    TrainingRun,
+    TrainingTrigger,
+    Volume,
+    Workflow,
+    WorkflowRole,
+)
+from etchacell_loop.db.queries import QueryError, get_query, load_queries, run_query
+
+QUERIES = load_queries()
+
+EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "classification_throughput": ("day", "classifications", "volunteers", "anonymous"),
+    "classifications_per_retired_subject": (
+        "subject_panoptes_id",
+        "subject_set",
+        "classifications",
+        "retirement_reason",
+        "retired_at",
+        "saved_vs_fixed_limit",
+    ),
+    "cursor_lag": (
+        "workflow_panoptes_id",
+        "workflow",
+        "role",
+        "cursor_last_classification_id",
+        "cursor_updated_at",
+        "newest_classification_id",
+        "newest_classification_at",
+        "classifications",
+    ),
+    "job_status": ("job", "last_started_at", "last_finished_at", "last_status", "runs", "failures"),
+    "model_versions": (
+        "version",
+        "preset",
+        "architecture",
+        "promoted",
+        "promoted_at",
+        "created_at",
+        "training_run_id",
+        "f_measure_consensus",
+        "f_measure_truth",
+        "ahd_nm_consensus",
+        "ahd_nm_truth",
+        "mean_correction_dice",
+        "corrected_slices",
+    ),
+    "recent_events": (
+        "id",
+        "created_at",
+        "level",
+        "kind",
+        "message",
+        "subject_id",
+        "classification_id",
+        "training_run_id",
+        "model_version_id",
+        "payload",
+    ),
+    "retirement_progress": (
+        "subject_set",
+        "kind",
+        "subject_set_panoptes_id",
+        "subjects",
+        "retired",
+        "retiring",
+        "active",
+        "share_retired",
+        "classifications",
+    ),
+    "training_runs": (
+        "id",
+        "status",
+        "trigger",
+        "requested_by",
+        "reason",
+        "preset",
+        "worker_host",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "heartbeat_at",
+        "error",
+        "model_version",
+    ),
+    "volunteer_activity": ("volunteer_key", "user_name", "classifications", "first_seen", "last_seen", "share"),
+    "volunteer_effort_gini": ("volunteers", "classifications", "gini"),
+}
+
+# Rows a query returns on an empty database (aggregates without GROUP BY still return one row).
+EMPTY_ROWS: dict[str, list[tuple[Any, ...]]] = {"volunteer_effort_gini": [(0, 0, None)]}
+
+_panoptes_ids = itertools.count(700_000)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def query_rows(engine: Engine, name: str, **params: object) -> list[dict[str, Any]]:
+    """Run a named query with parameters given as the operator would (text) and return dict rows."""
+    return run_query(engine, QUERIES[name], {k: str(v) for k, v in params.items()}).as_dicts()
+
+
+def as_utc(value: object) -> datetime | None:
+    """A timestamp as returned by either backend (SQLite: text, PostgreSQL: ISO text) as aware UTC."""
+    if value is None:
+        return None
+    assert isinstance(value, str), value
+    parsed = datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def gini(counts: list[int]) -> float:
+    """Gini coefficient via the mean absolute difference: an independent check of the SQL formula."""
+    x = np.asarray(counts, dtype=float)
+    return float(np.abs(x[:, None] - x[None, :]).sum() / (2 * len(x) ** 2 * x.mean()))
+
+
+# --- factories -----------------------------------------------------------------------------------
+
+
+def add_project(session: Session, panoptes_id: int = 1001) -> Project:
+    project = Project(panoptes_id=panoptes_id, display_name="Etch a Cell")
+    session.add(project)
+    session.flush()
+    return project
+
+
+def add_workflow(session: Session, project: Project, panoptes_id: int, role: WorkflowRole, name: str) -> Workflow:
+    assert project.id is not None
+    workflow = Workflow(panoptes_id=panoptes_id, project_id=project.id, role=role, display_name=name)
+    session.add(workflow)
+    session.flush()
+    return workflow
+
+
+def add_subject_set(
+    session: Session,
+    project: Project,
+    workflow: Workflow | None,
+    name: str,
+    panoptes_id: int | None,
+    kind: SubjectKind = SubjectKind.RAW,
+) -> SubjectSet:
+    assert project.id is not None
+    subject_set = SubjectSet(
+        panoptes_id=panoptes_id,
+        project_id=project.id,
+        workflow_id=workflow.id if workflow else None,
+        display_name=name,
+        kind=kind,
+    )
+    session.add(subject_set)
+    session.flush()
+    return subject_set
+
+
+def add_roi(session: Session) -> Roi:
+    volume = Volume(
+        name="hela-1",
+        storage_uri="file:///data/hela-1.zarr",
+        shape_z=100,
+        shape_y=512,
+        shape_x=512,
+        voxel_size_z_nm=50.0,
+        voxel_size_y_nm=10.0,
+        voxel_size_x_nm=10.0,
+    )
+    session.add(volume)
+    session.flush()
+    assert volume.id is not None
+    roi = Roi(volume_id=volume.id, name="nucleus-1", x=0, y=0, z=0, width=256, height=256, depth=100)
+    session.add(roi)
+    session.flush()
+    return roi
+
+
+def add_subject(
+    session: Session,
+    roi: Roi,
+    subject_set: SubjectSet | None,
+    slice_index: int,
+    state: RetirementState = RetirementState.ACTIVE,
+    retired_at: datetime | None = None,
+    reason: str | None = None,
+) -> Subject:
+    assert roi.id is not None
+    subject = Subject(
+        panoptes_id=next(_panoptes_ids),
+        upload_key=f"roi{roi.id}-z{slice_index}",
+        roi_id=roi.id,
+        subject_set_id=subject_set.id if subject_set else None,
+        slice_index=slice_index,
+        frames=[slice_index - 1, slice_index, slice_index + 1],
+        target_frame=1,
+        kind=subject_set.kind if subject_set else SubjectKind.RAW,
+        retirement_state=state,
+        retirement_reason=reason,
+        retired_at=retired_at,
+    )
+    session.add(subject)
+    session.flush()
+    return subject
+
+
+VOLUNTEERS: dict[str, tuple[int | None, str | None]] = {
+    "user:11": (11, "alice"),
+    "user:12": (12, "bob"),
+    "user:13": (13, "carol"),
+    "anon:t1": (None, None),
+    "anon:t2": (None, None),
+}
+
+
+def add_classification(
+    session: Session,
+    workflow: Workflow,
+    subject: Subject | None,
+    volunteer_key: str,
+    created_at: datetime,
+    linked: bool = True,
+) -> Classification:
+    """A classification; ``linked=False`` leaves ``subject_id`` empty, as before ingestion resolves it."""
+    assert workflow.id is not None
+    user_id, user_name = VOLUNTEERS[volunteer_key]
+    classification = Classification(
+        panoptes_id=next(_panoptes_ids),
+        workflow_id=workflow.id,
+        workflow_version="4.10",
+        subject_panoptes_id=subject.panoptes_id if subject and subject.panoptes_id else next(_panoptes_ids),
+        subject_id=subject.id if subject and linked else None,
+        user_id=user_id,
+        user_name=user_name,
+        anonymous_token=None if user_id else volunteer_key.removeprefix("anon:"),
+        volunteer_key=volunteer_key,
+        created_at=created_at,
+        source=ClassificationSource.API,
+        raw_annotations="[]",
+    )
+    session.add(classification)
+    session.flush()
+    return classification
+
+
+def add_training_run(
+    session: Session,
+    status: RunStatus,
+    queued_at: datetime,
+    trigger: TrainingTrigger = TrainingTrigger.MANUAL,
+    requested_by: str = "operator",
+    reason: str | None = None,
+    error: str | None = None,
+    worker_host: str | None = None,
+) -> TrainingRun:
+    started = status != RunStatus.QUEUED
+    finished = status in (RunStatus.SUCCEEDED, RunStatus.FAILED)
+    run = TrainingRun(
+        status=status,
+        trigger=trigger,
+        requested_by=requested_by,
+        reason=reason,
+        preset="small",
+        worker_host=worker_host,
+        error=error,
+        queued_at=queued_at,
+        started_at=queued_at + timedelta(minutes=2) if started else None,
+        heartbeat_at=queued_at + timedelta(minutes=30) if started else None,
+        finished_at=queued_at + timedelta(minutes=45) if finished else None,
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def add_model_version(
+    session: Session,
+    version: str,
+    created_at: datetime,
+    run: TrainingRun | None = None,
+    promoted_at: datetime | None = None,
+    metrics: dict[tuple[DataSplit, MetricReference, str], float] | None = None,
+) -> ModelVersion:
+    model = ModelVersion(
+        version=version,
+        training_run_id=run.id if run else None,
+        artifact_uri=f"file:///models/{version}.keras",
+        preset="small",
+        architecture="unet2d",
+        data_hash="0" * 64,
+        promoted=promoted_at is not None,
+        promoted_at=promoted_at,
+        created_at=created_at,
+    )
+    session.add(model)
+    session.flush()
+    assert model.id is not None
+    for (split, reference, name), value in (metrics or {}).items():
+        session.add(ModelMetric(model_version_id=model.id, split=split, reference=reference, name=name, value=value))
+    session.flush()
+    return model
+
+
+def add_prediction_batch(
+    session: Session, model: ModelVersion, roi: Roi, dice: list[float | None], first_slice: int = 0
+) -> PredictionBatch:
+    assert model.id is not None and roi.id is not None
+    batch = PredictionBatch(model_version_id=model.id, roi_id=roi.id, status=RunStatus.SUCCEEDED)
+    session.add(batch)
+    session.flush()
+    assert batch.id is not None
+    for offset, value in enumerate(dice):
+        session.add(
+            SlicePrediction(
+                batch_id=batch.id,
+                roi_id=roi.id,
+                slice_index=first_slice + offset,
+                uncertainty=0.1,
+                envelope_area_px=1000,
+                correction_dice=value,
+            )
+        )
+    session.flush()
+    return batch
+
+
+def add_job_run(
+    session: Session, job: str, status: JobStatus, started_at: datetime, error: str | None = None
+) -> JobRun:
+    finished_at = None if status == JobStatus.RUNNING else started_at + timedelta(seconds=20)
+    run = JobRun(job=job, status=status, host="loop-1", error=error, started_at=started_at, finished_at=finished_at)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def add_event(
+    session: Session, level: EventLevel, kind: str, created_at: datetime, subject: Subject | None = None
+) -> Event:
+    event = Event(
+        level=level,
+        kind=kind,
+        message=f"{kind} happened",
+        created_at=created_at,
+        subject_id=subject.id if subject else None,
+        payload={"kind": kind, "n": 3},
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+# --- the populated database ----------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """What the test inserted, kept as ORM objects to compute the expected figures from."""
+
+    now: datetime
+    workflows: list[Workflow] = field(default_factory=list)
+    subject_sets: list[SubjectSet] = field(default_factory=list)
+    subjects: list[Subject] = field(default_factory=list)
+    classifications: list[Classification] = field(default_factory=list)
+    cursors: list[SyncCursor] = field(default_factory=list)
+    training_runs: list[TrainingRun] = field(default_factory=list)
+    model_versions: list[ModelVersion] = field(default_factory=list)
+    dice: dict[str, list[float | None]] = field(default_factory=dict)
+    metrics: dict[str, dict[tuple[DataSplit, MetricReference, str], float]] = field(default_factory=dict)
+    job_runs: list[JobRun] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def ago(self, **delta: float) -> datetime:
+        return self.now - timedelta(**delta)
+
+    def classifications_since(self, cutoff: datetime) -> list[Classification]:
+        return [c for c in self.classifications if c.created_at >= cutoff]
+
+    def classifications_of(self, subject: Subject) -> list[Classification]:
+        return [c for c in self.classifications if c.subject_panoptes_id == subject.panoptes_id]
+
+
+def build_world(session: Session, now: datetime) -> World:
+    world = World(now=now)
+    ago = world.ago
+    project = add_project(session)
+    seg = add_workflow(session, project, 2001, WorkflowRole.SEGMENTATION, "Trace the nuclear envelope")
+    cor = add_workflow(session, project, 2002, WorkflowRole.CORRECTION, "Correct the machine")
+    idle = add_workflow(session, project, 2003, WorkflowRole.SEGMENTATION, "Not started")
+    world.workflows = [seg, cor, idle]
+    raw = add_subject_set(session, project, seg, "raw slices", 3001, SubjectKind.RAW)
+    pred = add_subject_set(session, project, cor, "predictions v1", 3002, SubjectKind.PREDICTION)
+    empty = add_subject_set(session, project, None, "not uploaded yet", None, SubjectKind.RAW)
+    world.subject_sets = [raw, pred, empty]
+    roi = add_roi(session)
+
+    retired, retiring = RetirementState.RETIRED, RetirementState.RETIRING
+    s1 = add_subject(session, roi, raw, 10, retired, ago(hours=1), "consensus_stable")
+    s2 = add_subject(session, roi, raw, 11, retired, ago(days=3), "consensus_stable")
+    s3 = add_subject(session, roi, raw, 12, retiring)
+    s4 = add_subject(session, roi, raw, 13)
+    s5 = add_subject(session, roi, raw, 14)
+    p1 = add_subject(session, roi, pred, 20, retired, ago(days=10), "classification_count")
+    p2 = add_subject(session, roi, pred, 21)
+    p3 = add_subject(session, roi, pred, 22)
+    orphan = add_subject(session, roi, None, 30, retired, ago(hours=5), "other")
+    world.subjects = [s1, s2, s3, s4, s5, p1, p2, p3, orphan]
+
+    # (workflow, subject, volunteer, age in hours); one classification of a subject we do not hold,
+    # and one whose subject_id is not resolved yet (queries match subjects by Panoptes id).
+    plan: list[tuple[Workflow, Subject | None, str, float]] = [
+        (seg, s1, "user:11", 2),
+        (seg, s1, "user:12", 3),
+        (seg, s1, "anon:t1", 4),
+        (seg, s1, "user:11", 30),
+        (seg, s2, "user:11", 96),
+        (seg, s2, "user:13", 97),
+        (seg, s2, "anon:t2", 120),
+        (seg, s3, "user:11", 1),
+        (seg, s3, "user:12", 26),
+        (seg, s4, "user:11", 40 * 24),
+        (cor, p1, "user:11", 12 * 24),
+        (cor, p1, "user:12", 12 * 24 + 1),
+        (cor, p1, "user:13", 11 * 24),
+        (cor, p1, "anon:t1", 15 * 24),
+        (cor, p1, "user:11", 20 * 24),
+        (cor, p1, "user:12", 35 * 24),
+        (cor, p2, "user:11", 6),
+        (cor, p2, "anon:t2", 7),
+        (seg, orphan, "user:13", 8),
+        (seg, orphan, "user:11", 9),
+        (seg, None, "anon:t1", 10),
+    ]
+    world.classifications = [
+        add_classification(session, workflow, subject, key, ago(hours=hours)) for workflow, subject, key, hours in plan
+    ]
+    world.classifications.append(add_classification(session, seg, s2, "user:12", ago(hours=98), linked=False))
+    seg_ids = sorted(c.panoptes_id for c in world.classifications if c.workflow_id == seg.id)
+    cor_ids = sorted(c.panoptes_id for c in world.classifications if c.workflow_id == cor.id)
+    for workflow, last_id in ((seg, seg_ids[-3]), (cor, cor_ids[-1])):
+        assert workflow.id is not None
+        cursor = SyncCursor(workflow_id=workflow.id, last_classification_id=last_id, updated_at=ago(minutes=5))
+        session.add(cursor)
+        world.cursors.append(cursor)
+    session.flush()
+
+    tr1 = add_training_run(
+        session, RunStatus.SUCCEEDED, ago(days=3), TrainingTrigger.AUTOMATIC, "daemon", "200 new slices", None, "gpu-1"
+    )
+    tr2 = add_training_run(
+        session, RunStatus.FAILED, ago(days=1), TrainingTrigger.MANUAL, "alice", "retry", "CUDA OOM", "gpu-2"
+    )
+    tr3 = add_training_run(session, RunStatus.QUEUED, ago(minutes=10), TrainingTrigger.MANUAL, "bob")
+    tr4 = add_training_run(session, RunStatus.SUCCEEDED, ago(hours=12), TrainingTrigger.AUTOMATIC, "daemon")
+    world.training_runs = [tr1, tr2, tr3, tr4]
+
+    test, validation, train = DataSplit.TEST, DataSplit.VALIDATION, DataSplit.TRAIN
+    consensus, truth = MetricReference.CONSENSUS, MetricReference.TRUTH
+    world.metrics = {
+        "v1": {
+            (test, consensus, "f_measure"): 0.81,
+            (test, truth, "f_measure"): 0.78,
+            (test, consensus, "ahd_nm"): 42.0,
+            (test, truth, "ahd_nm"): 55.5,
+            (validation, consensus, "f_measure"): 0.95,  # another split: not in the pivot
+            (train, truth, "ahd_nm"): 12.0,
+            (test, consensus, "dice"): 0.9,  # another metric: not in the pivot
+        },
+        "v2": {(test, consensus, "f_measure"): 0.86, (validation, truth, "ahd_nm"): 30.0},
+        "v0": {},
+    }
+    v1 = add_model_version(session, "v1", ago(days=2), tr1, metrics=world.metrics["v1"])
+    v2 = add_model_version(session, "v2", ago(hours=11), tr4, promoted_at=ago(hours=10), metrics=world.metrics["v2"])
+    v0 = add_model_version(session, "v0", ago(days=5), metrics=world.metrics["v0"])
+    world.model_versions = [v1, v2, v0]
+    world.dice = {"v1": [0.8, 0.9, None], "v2": [0.5, None, 0.7, 0.6], "v0": []}
+    add_prediction_batch(session, v1, roi, world.dice["v1"])
+    add_prediction_batch(session, v2, roi, world.dice["v2"][:2])
+    add_prediction_batch(session, v2, roi, world.dice["v2"][2:], first_slice=50)
+
+    world.job_runs = [
+        add_job_run(session, "ingest", JobStatus.OK, ago(minutes=30)),
+        add_job_run(session, "ingest", JobStatus.FAILED, ago(hours=2), "timeout"),
+        add_job_run(session, "ingest", JobStatus.OK, ago(days=2)),
+        add_job_run(session, "train_check", JobStatus.FAILED, ago(days=3), "no worker"),
+        add_job_run(session, "aggregate", JobStatus.OK, ago(hours=3)),
+        add_job_run(session, "aggregate", JobStatus.RUNNING, ago(minutes=1)),
+    ]
+
+    world.events = [
+        add_event(session, EventLevel.INFO, "ingest", ago(minutes=1)),
+        add_event(session, EventLevel.WARNING, "parse", ago(hours=2), s1),
+        add_event(session, EventLevel.ERROR, "upload", ago(hours=3), s4),
+        add_event(session, EventLevel.INFO, "ingest", ago(days=1)),
+        add_event(session, EventLevel.WARNING, "ingest", ago(days=3)),
+        add_event(session, EventLevel.ERROR, "upload", ago(days=10)),
+    ]
+    return world
+
+
+@pytest.fixture
+def world(migrated_engine: Engine) -> World:
+    with Session(migrated_engine, expire_on_commit=False) as session:
+        built = build_world(session, datetime.now(UTC))
+        session.commit()
+    return built
+
+
+# --- every query, empty database -----------------------------------------------------------------
+
+
+def test_every_query_has_expected_columns_listed() -> None:
+    assert set(QUERIES) == set(EXPECTED_COLUMNS)
+    for query in QUERIES.values():
+        assert query.title and query.description, query.name
+
+
+@pytest.mark.parametrize("name", sorted(QUERIES))
+def test_query_runs_on_empty_database(migrated_engine: Engine, name: str) -> None:
+    result = run_query(migrated_engine, QUERIES[name])
+    assert result.columns == EXPECTED_COLUMNS[name]
+    assert result.rows == EMPTY_ROWS.get(name, [])
+
+
+# --- figures on a populated database -------------------------------------------------------------
+
+
+def test_classification_throughput(migrated_engine: Engine, world: World) -> None:
+    def expected(keep: Callable[[Classification], bool]) -> list[tuple[str, int, int, int]]:
+        by_day: dict[str, list[Classification]] = defaultdict(list)
+        for c in world.classifications_since(world.ago(days=30)):
+            if keep(c):
+                by_day[c.created_at.astimezone(UTC).date().isoformat()].append(c)
+        return [
+            (
+                day,
+                len(items),
+                len({c.volunteer_key for c in items}),
+                sum(1 for c in items if c.user_id is None),
+            )
+            for day, items in sorted(by_day.items())
+        ]
+
+    got = [tuple(r.values()) for r in query_rows(migrated_engine, "classification_throughput")]
+    assert got == expected(lambda c: True)
+    cor = world.workflows[1]
+    got = [tuple(r.values()) for r in query_rows(migrated_engine, "classification_throughput", workflow_id=2002)]
+    assert got == expected(lambda c: c.workflow_id == cor.id)
+
+
+def test_retirement_progress(migrated_engine: Engine, world: World) -> None:
+    rows = query_rows(migrated_engine, "retirement_progress")
+    expected: list[dict[str, Any]] = []
+    for subject_set in sorted(world.subject_sets, key=lambda s: s.display_name):
+        members = [s for s in world.subjects if s.subject_set_id == subject_set.id]
+        states = Counter(s.retirement_state for s in members)
+        expected.append(
+            {
+                "subject_set": subject_set.display_name,
+                "kind": subject_set.kind.value,
+                "subject_set_panoptes_id": subject_set.panoptes_id,
+                "subjects": len(members),
+                "retired": states[RetirementState.RETIRED],
+                "retiring": states[RetirementState.RETIRING],
+                "active": states[RetirementState.ACTIVE],
+                "share_retired": states[RetirementState.RETIRED] / len(members) if members else None,
+                "classifications": sum(len(world.classifications_of(s)) for s in members),
+            }
+        )
+    for e in expected:
+        if e["share_retired"] is not None:
+            e["share_retired"] = pytest.approx(e["share_retired"])
+    assert rows == expected
+    # The figures themselves, spelled out once so a wrong helper above cannot hide a wrong query.
+    raw = next(r for r in rows if r["subject_set"] == "raw slices")
+    assert (raw["subjects"], raw["retired"], raw["retiring"], raw["active"]) == (5, 2, 1, 2)
+    assert raw["share_retired"] == pytest.approx(0.4)
+    assert raw["classifications"] == 11
+
+
+def test_classifications_per_retired_subject(migrated_engine: Engine, world: World) -> None:
+    set_names = {s.id: s.display_name for s in world.subject_sets}
+
+    def expected(cutoff: datetime | None, limit: int) -> list[dict[str, Any]]:
+        retired = [
+            s
+            for s in world.subjects
+            if s.retirement_state == RetirementState.RETIRED
+            and (cutoff is None or (s.retired_at is not None and s.retired_at >= cutoff))
+        ]
+        retired.sort(key=lambda s: (s.retired_at, s.id), reverse=True)
+        return [
+            {
+                "subject_panoptes_id": s.panoptes_id,
+                "subject_set": set_names.get(s.subject_set_id),
+                "classifications": len(world.classifications_of(s)),
+                "retirement_reason": s.retirement_reason,
+                "retired_at": s.retired_at,
+                "saved_vs_fixed_limit": limit - len(world.classifications_of(s)),
+            }
+            for s in retired
+        ]
+
+    def normalised(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, "retired_at": as_utc(r["retired_at"])} for r in rows]
+
+    rows = normalised(query_rows(migrated_engine, "classifications_per_retired_subject"))
+    assert rows == expected(None, 30)
+    assert [r["saved_vs_fixed_limit"] for r in rows] == [26, 28, 26, 24]  # s1, orphan, s2, p1
+    assert rows[1]["subject_set"] is None
+    assert normalised(query_rows(migrated_engine, "classifications_per_retired_subject", fixed_limit=5)) == expected(
+        None, 5
+    )
+    recent = normalised(query_rows(migrated_engine, "classifications_per_retired_subject", since="-2d"))
+    assert recent == expected(world.ago(days=2), 30)
+    assert len(recent) == 2
+    iso = world.ago(days=4).isoformat()
+    assert normalised(query_rows(migrated_engine, "classifications_per_retired_subject", since=iso)) == expected(
+        world.ago(days=4), 30
+    )
+
+
+def _expected_activity(world: World, cutoff: datetime) -> list[dict[str, Any]]:
+    window = world.classifications_since(cutoff)
+    per: dict[str, list[Classification]] = defaultdict(list)
+    for c in window:
+        per[c.volunteer_key].append(c)
+    ordered = sorted(per.items(), key=lambda item: (-len(item[1]), item[0]))
+    return [
+        {
+            "volunteer_key": key,
+            "user_name": VOLUNTEERS[key][1],
+            "classifications": len(items),
+            "first_seen": min(c.created_at for c in items),
+            "last_seen": max(c.created_at for c in items),
+            "share": pytest.approx(len(items) / len(window)),
+        }
+        for key, items in ordered
+    ]
+
+
+def _activity(engine: Engine, **params: object) -> list[dict[str, Any]]:
+    return [
+        {**r, "first_seen": as_utc(r["first_seen"]), "last_seen": as_utc(r["last_seen"])}
+        for r in query_rows(engine, "volunteer_activity", **params)
+    ]
+
+
+def test_volunteer_activity(migrated_engine: Engine, world: World) -> None:
+    rows = _activity(migrated_engine)
+    assert rows == _expected_activity(world, world.ago(days=30))
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    assert {r["volunteer_key"]: r["user_name"] for r in rows if r["volunteer_key"].startswith("anon:")} == {
+        "anon:t1": None,
+        "anon:t2": None,
+    }
+    top = _activity(migrated_engine, top=2)
+    assert top == _expected_activity(world, world.ago(days=30))[:2]
+    assert top[0]["volunteer_key"] == "user:11"
+
+
+def test_relative_since_filters_rows(migrated_engine: Engine, world: World) -> None:
+    everything = _activity(migrated_engine, since="-60d")
+    recent = _activity(migrated_engine, since="-2d")
+    assert recent == _expected_activity(world, world.ago(days=2))
+    assert sum(r["classifications"] for r in everything) == len(world.classifications)
+    assert sum(r["classifications"] for r in recent) == len(world.classifications_since(world.ago(days=2)))
+    assert sum(r["classifications"] for r in recent) < sum(r["classifications"] for r in everything)
+    assert query_rows(migrated_engine, "volunteer_activity", since="now") == []
+
+
+def test_volunteer_effort_gini(migrated_engine: Engine, world: World) -> None:
+    for since, cutoff in (("-30d", world.ago(days=30)), ("-2d", world.ago(days=2))):
+        counts = list(Counter(c.volunteer_key for c in world.classifications_since(cutoff)).values())
+        (row,) = query_rows(migrated_engine, "volunteer_effort_gini", since=since)
+        assert row["volunteers"] == len(counts)
+        assert row["classifications"] == sum(counts)
+        assert row["gini"] == pytest.approx(gini(counts))
+        assert 0 < row["gini"] < 1
+    (none,) = query_rows(migrated_engine, "volunteer_effort_gini", since="now")
+    assert none == {"volunteers": 0, "classifications": 0, "gini": None}
+
+
+def test_volunteer_effort_gini_of_one_volunteer_is_zero(migrated_engine: Engine) -> None:
+    with Session(migrated_engine) as session:
+        project = add_project(session)
+        workflow = add_workflow(session, project, 2001, WorkflowRole.SEGMENTATION, "Trace")
+        for hours in (1, 2, 3):
+            add_classification(session, workflow, None, "user:11", datetime.now(UTC) - timedelta(hours=hours))
+        session.commit()
+    (row,) = query_rows(migrated_engine, "volunteer_effort_gini")
+    assert row == {"volunteers": 1, "classifications": 3, "gini": pytest.approx(0.0, abs=1e-12)}
+
+
+def test_training_runs(migrated_engine: Engine, world: World) -> None:
+    produced: dict[int | None, str] = {m.training_run_id: m.version for m in world.model_versions}
+    produced.pop(None, None)
+    ordered = sorted(world.training_runs, key=lambda r: (r.queued_at, r.id), reverse=True)
+    rows = query_rows(migrated_engine, "training_runs")
+    assert [r["id"] for r in rows] == [r.id for r in ordered]
+    for row, run in zip(rows, ordered, strict=True):
+        assert row["status"] == run.status.value
+        assert row["trigger"] == run.trigger.value
+        assert (row["requested_by"], row["reason"], row["preset"]) == (run.requested_by, run.reason, run.preset)
+        assert (row["worker_host"], row["error"]) == (run.worker_host, run.error)
+        for column in ("queued_at", "started_at", "finished_at", "heartbeat_at"):
+            assert as_utc(row[column]) == getattr(run, column), column
+        assert row["model_version"] == produced.get(run.id)
+    assert [r["model_version"] for r in rows] == [None, "v2", None, "v1"]
+    failed = query_rows(migrated_engine, "training_runs", status="failed")
+    assert [(r["id"], r["error"]) for r in failed] == [(world.training_runs[1].id, "CUDA OOM")]
+    assert query_rows(migrated_engine, "training_runs", status="cancelled") == []
+
+
+def test_model_versions(migrated_engine: Engine, world: World) -> None:
+    rows = query_rows(migrated_engine, "model_versions")
+    ordered = sorted(world.model_versions, key=lambda m: (m.created_at, m.id), reverse=True)
+    assert [r["version"] for r in rows] == [m.version for m in ordered] == ["v2", "v1", "v0"]
+    for row, model in zip(rows, ordered, strict=True):
+        metrics = world.metrics[model.version]
+        test = DataSplit.TEST
+        expected_metrics = {
+            "f_measure_consensus": metrics.get((test, MetricReference.CONSENSUS, "f_measure")),
+            "f_measure_truth": metrics.get((test, MetricReference.TRUTH, "f_measure")),
+            "ahd_nm_consensus": metrics.get((test, MetricReference.CONSENSUS, "ahd_nm")),
+            "ahd_nm_truth": metrics.get((test, MetricReference.TRUTH, "ahd_nm")),
+        }
+        for column, value in expected_metrics.items():
+            assert row[column] == (None if value is None else pytest.approx(value)), (model.version, column)
+        corrected = [d for d in world.dice[model.version] if d is not None]
+        assert row["corrected_slices"] == len(corrected)
+        assert row["mean_correction_dice"] == (pytest.approx(float(np.mean(corrected))) if corrected else None)
+        assert bool(row["promoted"]) is model.promoted
+        assert as_utc(row["promoted_at"]) == model.promoted_at
+        assert as_utc(row["created_at"]) == model.created_at
+        assert (row["preset"], row["architecture"], row["training_run_id"]) == (
+            model.preset,
+            model.architecture,
+            model.training_run_id,
+        )
+    v1 = rows[1]
+    assert (v1["f_measure_consensus"], v1["f_measure_truth"]) == (pytest.approx(0.81), pytest.approx(0.78))
+    assert (v1["ahd_nm_consensus"], v1["ahd_nm_truth"]) == (pytest.approx(42.0), pytest.approx(55.5))
+    assert v1["mean_correction_dice"] == pytest.approx(0.85)
+    assert rows[0]["mean_correction_dice"] == pytest.approx(0.6)
+
+
+def test_job_status(migrated_engine: Engine, world: World) -> None:
+    def expected(cutoff: datetime) -> list[dict[str, Any]]:
+        by_job: dict[str, list[JobRun]] = defaultdict(list)
+        for run in world.job_runs:
+            by_job[run.job].append(run)
+        result = []
+        for job, runs in sorted(by_job.items()):
+            latest = max(runs, key=lambda r: (r.started_at, r.id))
+            window = [r for r in runs if r.started_at >= cutoff]
+            finished = [r.finished_at for r in runs if r.finished_at is not None]
+            result.append(
+                {
+                    "job": job,
+                    "last_started_at": max(r.started_at for r in runs),
+                    "last_finished_at": max(finished) if finished else None,
+                    "last_status": latest.status.value,
+                    "runs": len(window),
+                    "failures": sum(1 for r in window if r.status == JobStatus.FAILED),
+                }
+            )
+        return result
+
+    def normalised(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {**r, "last_started_at": as_utc(r["last_started_at"]), "last_finished_at": as_utc(r["last_finished_at"])}
+            for r in rows
+        ]
+
+    rows = normalised(query_rows(migrated_engine, "job_status"))
+    assert rows == expected(world.ago(days=1))
+    summary = {r["job"]: (r["last_status"], r["runs"], r["failures"]) for r in rows}
+    assert summary == {"aggregate": ("running", 2, 0), "ingest": ("ok", 2, 1), "train_check": ("failed", 0, 0)}
+    assert normalised(query_rows(migrated_engine, "job_status", since="-7d")) == expected(world.ago(days=7))
+
+
+def test_cursor_lag(migrated_engine: Engine, world: World) -> None:
+    cursors: dict[int | None, SyncCursor] = {c.workflow_id: c for c in world.cursors}
+    rows = query_rows(migrated_engine, "cursor_lag")
+    assert [r["workflow_panoptes_id"] for r in rows] == [2001, 2002, 2003]
+    for row, workflow in zip(rows, world.workflows, strict=True):
+        stored = [c for c in world.classifications if c.workflow_id == workflow.id]
+        cursor = cursors.get(workflow.id)
+        assert row["workflow"] == workflow.display_name
+        assert row["role"] == workflow.role.value
+        assert row["cursor_last_classification_id"] == (cursor.last_classification_id if cursor else None)
+        assert as_utc(row["cursor_updated_at"]) == (cursor.updated_at if cursor else None)
+        assert row["newest_classification_id"] == (max(c.panoptes_id for c in stored) if stored else None)
+        assert as_utc(row["newest_classification_at"]) == (max(c.created_at for c in stored) if stored else None)
+        assert row["classifications"] == len(stored)
+    seg = rows[0]
+    assert seg["newest_classification_id"] > seg["cursor_last_classification_id"]
+    assert rows[2]["classifications"] == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "keep"),
+    [
+        ({}, lambda e, cutoff: True),
+        ({"level": "warning"}, lambda e, cutoff: e.level == EventLevel.WARNING),
+        ({"kind": "upload"}, lambda e, cutoff: e.kind == "upload"),
+        ({"level": "info", "kind": "ingest"}, lambda e, cutoff: e.level == EventLevel.INFO and e.kind == "ingest"),
+        ({"since": "-2d"}, lambda e, cutoff: e.created_at >= cutoff),
+        ({"since": "-30d"}, lambda e, cutoff: True),
+    ],
+)
+def test_recent_events(
+    migrated_engine: Engine, world: World, params: dict[str, str], keep: Callable[[Event, datetime], bool]
+) -> None:
+    cutoff = world.ago(days=int(params.get("since", "-7d")[1:-1]))
+    expected = sorted(
+        (e for e in world.events if e.created_at >= cutoff and keep(e, cutoff)),
+        key=lambda e: (e.created_at, e.id),
+        reverse=True,
+    )
+    rows = query_rows(migrated_engine, "recent_events", **params)
+    assert [r["id"] for r in rows] == [e.id for e in expected]
+    for row, event in zip(rows, expected, strict=True):
+        assert (row["level"], row["kind"], row["message"]) == (event.level.value, event.kind, event.message)
+        assert row["subject_id"] == event.subject_id
+        assert as_utc(row["created_at"]) == event.created_at
+        assert json.loads(row["payload"]) == event.payload
+
+
+def test_recent_events_top(migrated_engine: Engine, world: World) -> None:
+    rows = query_rows(migrated_engine, "recent_events", top=2)
+    newest = sorted(world.events, key=lambda e: (e.created_at, e.id), reverse=True)[:2]
+    assert [r["id"] for r in rows] == [e.id for e in newest]
+
+
+# --- parameter handling --------------------------------------------------------------------------
+
+
+def test_unknown_parameter_is_refused(migrated_engine: Engine) -> None:
+    with pytest.raises(QueryError, match=r"unknown parameter 'bogus'.*since, top"):
+        run_query(migrated_engine, get_query("volunteer_activity"), {"bogus": "1"})
+
+
+@pytest.mark.parametrize(
+    ("name", "param", "value"),
+    [
+        ("volunteer_activity", "since", "yesterdayish"),
+        ("volunteer_activity", "top", "abc"),
+        ("recent_events", "top", "1.5"),
+        ("classifications_per_retired_subject", "fixed_limit", "thirty"),
+        ("job_status", "since", "-1w"),
+    ],
+)
+def test_bad_parameter_value_is_refused(migrated_engine: Engine, name: str, param: str, value: str) -> None:
+    with pytest.raises(QueryError, match=rf"{name}: parameter {param} = '{value}' is not a valid"):
+        run_query(migrated_engine, QUERIES[name], {param: value})
+
+
+def test_empty_optional_parameter_means_no_filter(migrated_engine: Engine, world: World) -> None:
+    everything = query_rows(migrated_engine, "training_runs")
+    assert query_rows(migrated_engine, "training_runs", status="") == everything
+    assert len(everything) == len(world.training_runs)
+
+
+def test_timestamps_print_alike_on_both_backends(migrated_engine: Engine, world: World) -> None:
+    """SQLite's bare timestamp text is shown as ISO 8601 UTC, as PostgreSQL's is."""
+    rows = query_rows(migrated_engine, "recent_events")
+    assert rows
+    for row in rows:
+        assert isinstance(row["created_at"], str)
+        assert row["created_at"].endswith("+00:00"), row["created_at"]
+        assert "T" in row["created_at"]
+
+
+def test_empty_value_falls_back_to_the_default(migrated_engine: Engine, world: World) -> None:
+    """`top=` (as a form or a shell might send it) means the default, never LIMIT NULL."""
+    assert query_rows(migrated_engine, "recent_events", top="") == query_rows(migrated_engine, "recent_events")
+    assert query_rows(migrated_engine, "volunteer_activity", since="") == query_rows(
+        migrated_engine, "volunteer_activity"
+    )
