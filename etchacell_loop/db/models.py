@@ -270,6 +270,7 @@ class Classification(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_classification_subject_panoptes", "subject_id", "panoptes_id"),
         sa.Index("ix_classification_workflow_created", "workflow_id", "created_at"),
+        sa.Index("ix_classification_workflow_panoptes", "workflow_id", "panoptes_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

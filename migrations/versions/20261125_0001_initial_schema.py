@@ -1,8 +1,9 @@
-"""initial schema
+"""Initial schema: the whole loop (Panoptes side, imaging, subjects, classifications, consensus,
+retirement, training runs, model versions and metrics, predictions, cursors, job runs, events).
 
 Revision ID: 0001
-Revises: 
-Create Date: 2026-11-25 04:24:00.583819
+Revises:
+Create Date: 2026-11-25 04:41:22.870713
 """
 
 from collections.abc import Sequence
@@ -272,6 +273,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_classification_subject_panoptes_id'), ['subject_panoptes_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_classification_volunteer_key'), ['volunteer_key'], unique=False)
         batch_op.create_index('ix_classification_workflow_created', ['workflow_id', 'created_at'], unique=False)
+        batch_op.create_index('ix_classification_workflow_panoptes', ['workflow_id', 'panoptes_id'], unique=False)
 
     op.create_table('consensus_result',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -406,6 +408,7 @@ def downgrade() -> None:
 
     op.drop_table('consensus_result')
     with op.batch_alter_table('classification', schema=None) as batch_op:
+        batch_op.drop_index('ix_classification_workflow_panoptes')
         batch_op.drop_index('ix_classification_workflow_created')
         batch_op.drop_index(batch_op.f('ix_classification_volunteer_key'))
         batch_op.drop_index(batch_op.f('ix_classification_subject_panoptes_id'))
