@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -50,8 +51,14 @@ class CliState:
             self._settings = load_settings(self.config_path)
         return self._settings
 
-    def engine(self) -> Engine:
-        return make_engine(self.settings.effective_database_url)
+    @contextmanager
+    def engine(self) -> Iterator[Engine]:
+        """An engine on the configured database, disposed when the command is done with it."""
+        engine = make_engine(self.settings.effective_database_url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 def state(ctx: typer.Context) -> CliState:

@@ -11,6 +11,8 @@ from etchacell_loop.db import migrate
 
 app = typer.Typer(help="Create and migrate the database schema.", no_args_is_help=True)
 
+EMPTY = "base (empty)"
+
 
 @app.command("upgrade")
 @operator_errors
@@ -20,18 +22,15 @@ def upgrade(
 ) -> None:
     """Migrate the database up to REVISION (default: the newest). Safe to run again."""
     cli = state(ctx)
-    engine = cli.engine()
-    try:
-        before = migrate.current_revision(engine) or "base (empty)"
+    with cli.engine() as engine:
+        before = migrate.current_revision(engine) or EMPTY
         migrate.upgrade(engine, revision)
         after = migrate.current_revision(engine)
-        where = describe_database(cli.settings)
-        if before == after:
-            console.print(f"{where} already at revision {after}")
-        else:
-            console.print(f"{where} migrated from {before} to revision {after}")
-    finally:
-        engine.dispose()
+    where = describe_database(cli.settings)
+    if before == after:
+        console.print(f"{where} already at revision {after}")
+    else:
+        console.print(f"{where} migrated from {before} to revision {after}")
 
 
 @app.command("downgrade")
@@ -42,13 +41,10 @@ def downgrade(
 ) -> None:
     """Migrate the database down to REVISION (default: one step)."""
     cli = state(ctx)
-    engine = cli.engine()
-    try:
+    with cli.engine() as engine:
         migrate.downgrade(engine, revision)
-        now = migrate.current_revision(engine) or "base (empty)"
-        console.print(f"{describe_database(cli.settings)} is at revision {now}")
-    finally:
-        engine.dispose()
+        now = migrate.current_revision(engine) or EMPTY
+    console.print(f"{describe_database(cli.settings)} is at revision {now}")
 
 
 @app.command("current")
@@ -56,11 +52,8 @@ def downgrade(
 def current(ctx: typer.Context) -> None:
     """Show the database's revision and the newest one this code knows."""
     cli = state(ctx)
-    engine = cli.engine()
-    try:
+    with cli.engine() as engine:
         at = migrate.current_revision(engine)
-        head = migrate.head_revision()
-    finally:
-        engine.dispose()
+    head = migrate.head_revision()
     note = "up to date" if at == head else "run `etchacell db upgrade`"
-    console.print(f"{describe_database(cli.settings)}: at {at or 'base (empty)'}, newest {head} ({note})")
+    console.print(f"{describe_database(cli.settings)}: at {at or EMPTY}, newest {head} ({note})")

@@ -56,13 +56,10 @@ def query(
     if sql is not None:
         typer.echo(render_sql(named, sql.value))
         return
-    engine = state(ctx).engine()
-    try:
+    with state(ctx).engine() as engine:
         if not migrate.is_up_to_date(engine):
             raise CommandError("the database schema is not up to date: run `etchacell db upgrade` first")
         result = run_query(engine, named, _parse_params(param or []))
-    finally:
-        engine.dispose()
     _print_result(named, result, output)
 
 

@@ -125,3 +125,12 @@ def test_bad_configuration_is_one_clear_line(tmp_path: Path) -> None:
     assert "training.min_new_consensus_slices = -5" in lines[0]
     ok = runner.invoke(app, ["config", "check"])
     assert ok.exit_code == 0 and "configuration OK" in ok.output
+
+
+def test_unreachable_database_is_one_line_without_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ETCHACELL_DATABASE_URL", "postgresql://loop:hunter2@127.0.0.1:1/loop")
+    result = runner.invoke(app, ["db", "current"])
+    assert result.exit_code == 2
+    assert "database error" in result.stderr
+    assert "hunter2" not in result.output
+    assert "Traceback" not in result.output

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, StatementError
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, select
 
 from etchacell_loop.db.models import (
     Classification,
@@ -16,61 +16,30 @@ from etchacell_loop.db.models import (
     ConsensusKind,
     ConsensusResult,
     ModelVersion,
-    Project,
     Roi,
     Subject,
     SubjectKind,
     UploadState,
-    Volume,
     Workflow,
     WorkflowRole,
 )
+from tests.factories import add_project, add_roi, add_workflow, row_id
 
 BIG_PANOPTES_ID = 9_876_543_210  # Panoptes ids pass 2**31
 
 
-def _id(row: SQLModel) -> int:
-    """The primary key of a flushed row (SQLModel types it as optional)."""
-    key = getattr(row, "id", None)
-    assert isinstance(key, int)
-    return key
-
-
 def _project_and_workflow(session: Session) -> Workflow:
-    project = Project(panoptes_id=26558, display_name="Etch a Cell")
-    session.add(project)
-    session.flush()
-    workflow = Workflow(
-        panoptes_id=28090, project_id=_id(project), role=WorkflowRole.SEGMENTATION, display_name="Draw", version="4.10"
-    )
-    session.add(workflow)
-    session.flush()
-    return workflow
+    return add_workflow(session, add_project(session), 28090, WorkflowRole.SEGMENTATION, "Draw")
 
 
 def _roi(session: Session) -> Roi:
-    volume = Volume(
-        name="hela-1",
-        storage_uri="file:///data/hela-1.zarr",
-        shape_z=300,
-        shape_y=8192,
-        shape_x=8192,
-        voxel_size_z_nm=50,
-        voxel_size_y_nm=10,
-        voxel_size_x_nm=10,
-    )
-    session.add(volume)
-    session.flush()
-    roi = Roi(volume_id=_id(volume), name="nucleus-1", x=100, y=200, z=10, width=2000, height=2000, depth=300)
-    session.add(roi)
-    session.flush()
-    return roi
+    return add_roi(session)
 
 
 def _classification(workflow: Workflow, panoptes_id: int, raw: str = "[]") -> Classification:
     return Classification(
         panoptes_id=panoptes_id,
-        workflow_id=_id(workflow),
+        workflow_id=row_id(workflow),
         subject_panoptes_id=BIG_PANOPTES_ID,
         volunteer_key="user:108",
         user_id=108,
@@ -122,7 +91,7 @@ def test_enums_are_stored_as_their_values(migrated_engine: Engine) -> None:
         session.add(
             Subject(
                 upload_key="roi-1/z-40/raw",
-                roi_id=_id(roi),
+                roi_id=row_id(roi),
                 slice_index=40,
                 frames=[30, 35, 40, 45, 50],
                 target_frame=2,
@@ -143,7 +112,7 @@ def test_upload_key_makes_subject_creation_idempotent(migrated_engine: Engine) -
         roi = _roi(session)
         for _ in range(2):
             session.add(
-                Subject(upload_key="roi-1/z-40/raw", roi_id=_id(roi), slice_index=40, frames=[40], target_frame=0)
+                Subject(upload_key="roi-1/z-40/raw", roi_id=row_id(roi), slice_index=40, frames=[40], target_frame=0)
             )
         with pytest.raises(IntegrityError):
             session.commit()
@@ -181,7 +150,7 @@ def test_one_current_consensus_per_slice_and_kind(migrated_engine: Engine) -> No
         )
 
     with Session(migrated_engine) as session:
-        roi_id = _id(_roi(session))
+        roi_id = row_id(_roi(session))
         session.add_all(
             [
                 consensus(ConsensusKind.VOLUNTEER, False),
