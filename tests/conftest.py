@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from etchacell_loop.db.engine import make_engine
 from etchacell_loop.db.migrate import upgrade
+from etchacell_loop.sandbox.harness import SandboxProcess, free_port, running_sandbox
 
 POSTGRES_ENV = "ETCHACELL_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", "postgresql"]
@@ -100,3 +101,42 @@ def migrated_engine(engine: Engine) -> Engine:
     """An engine on a database migrated to the newest revision."""
     upgrade(engine)
     return engine
+
+
+# --- the Panoptes sandbox --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
+    """One sandbox process for the whole run (tests seed their own projects in it)."""
+    with running_sandbox(tmp_path_factory.mktemp("sandbox") / "state") as process:
+        yield process
+
+
+@pytest.fixture
+def sandbox_project(sandbox: SandboxProcess) -> Iterator[dict[str, int]]:
+    """A fresh project in the shared sandbox, with faults cleared before and after the test."""
+    sandbox.clear_faults()
+    try:
+        yield sandbox.seed()
+    finally:
+        sandbox.clear_faults()
+
+
+@pytest.fixture
+def start_sandbox(tmp_path: Path) -> Iterator[Callable[..., SandboxProcess]]:
+    """Start a private sandbox (e.g. with a short token lifetime): ``start_sandbox("--token-lifetime-s", "125")``."""
+    started: list[SandboxProcess] = []
+
+    def start(*serve_args: str, state_dir: Path | None = None) -> SandboxProcess:
+        process = SandboxProcess(
+            state_dir=state_dir or tmp_path / f"sandbox-{len(started)}", port=free_port(), serve_args=serve_args
+        )
+        started.append(process.start())
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
