@@ -128,6 +128,19 @@ def index(
     return json_response(document(rtype, [serialize(r) for r in chunk], meta))
 
 
+def sql_index(
+    request: Request, rt: Runtime, rtype: str, query: dict[str, Any], serialize: Callable[[Row], dict[str, Any]]
+) -> Response:
+    """Offset-paged index with the paging done in SQL: big sets are never loaded whole."""
+    params = dict(request.query_params)
+    page = parse_page(params, rtype)
+    chunk = rt.store.select(rtype, **query, limit=page.size, offset=(page.number - 1) * page.size)
+    total = rt.store.count(rtype, **query)
+    filters = {k: v for k, v in params.items() if k not in ("page", "page_size", "admin")}
+    meta = paging_meta(rtype, f"/{rtype}", filters, page, total, len(chunk))
+    return json_response(document(rtype, [serialize(r) for r in chunk], meta))
+
+
 def filter_rows(rows: Sequence[Row], **wanted: Any) -> list[Row]:
     """Python-side filters on attributes that are not indexed (display_name, slug)."""
     out = list(rows)
@@ -389,10 +402,8 @@ def list_subjects(request: Request, rt: RuntimeDep) -> Response:
     params = request.query_params
     where = {"project_id": v} if (v := id_list(params, "project_id")) else None
     set_ids = id_list(params, "subject_set_id")
-    rows = rt.store.select(
-        "subjects", where=where, ids=id_list(params, "id"), member_of_set=set_ids[0] if set_ids else None
-    )
-    return index(request, "subjects", rows, lambda r: res.serialize_subject(rt.store, r, rt.base_url(request)))
+    query = {"where": where, "ids": id_list(params, "id"), "member_of_set": set_ids[0] if set_ids else None}
+    return sql_index(request, rt, "subjects", query, lambda r: res.serialize_subject(rt.store, r, rt.base_url(request)))
 
 
 @router.get("/subjects/{subject_id}")
@@ -455,8 +466,9 @@ def list_set_members(request: Request, rt: RuntimeDep) -> Response:
         where["subject_set_id"] = set_ids
     if (subject_ids := id_list(params, "subject_id")) is not None:
         where["subject_id"] = subject_ids
-    rows = rt.store.select("set_member_subjects", where=where, ids=id_list(params, "id"))
-    return index(request, "set_member_subjects", rows, res.serialize_member)
+    return sql_index(
+        request, rt, "set_member_subjects", {"where": where, "ids": id_list(params, "id")}, res.serialize_member
+    )
 
 
 # --- subject workflow statuses ---------------------------------------------------------------------
