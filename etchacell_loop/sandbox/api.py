@@ -100,12 +100,18 @@ def require_project_editor(rt: Runtime, request: Request, project_id: int | None
 
 
 def show(
-    rtype: str, row: Row, item: dict[str, Any], status: int = 200, extra_headers: dict[str, str] | None = None
+    rtype: str,
+    row: Row,
+    item: dict[str, Any],
+    status: int = 200,
+    extra_headers: dict[str, str] | None = None,
+    base_url: str = "",
 ) -> Response:
     meta = single_meta(rtype, f"/{rtype}?id={row.id}" if status == 200 else f"/{rtype}")
     headers = dict(extra_headers or {})
     if status == 201:
-        headers.setdefault("Location", f"/api/{rtype}/{row.id}")
+        # Rails' `location:` is an absolute URL (reference §2.4, §2.10; recorded create cassettes).
+        headers.setdefault("Location", f"{base_url}/api/{rtype}/{row.id}")
         headers.setdefault("Last-Modified", item.get("updated_at", ""))
     return json_response(
         document(rtype, [item], meta), status, etag=show_etag(rtype, row.id, row.version), headers=headers
@@ -156,13 +162,13 @@ def filter_rows(rows: Sequence[Row], **wanted: Any) -> list[Row]:
 @router.get("/me")
 def me(request: Request, rt: RuntimeDep) -> Response:
     user = res.require(rt.store, "users", require_user(rt, request))
-    return show("users", user, res.serialize_user(user))
+    return show("users", user, res.serialize_user(user, rt.store))
 
 
 @router.get("/users/{user_id}")
 def get_user(user_id: str, rt: RuntimeDep) -> Response:
     user = res.require(rt.store, "users", user_id)
-    return show("users", user, res.serialize_user(user))
+    return show("users", user, res.serialize_user(user, rt.store))
 
 
 # --- projects --------------------------------------------------------------------------------------
@@ -340,8 +346,15 @@ async def create_subject_set(request: Request, rt: RuntimeDep) -> Response:
     res.require(rt.store, "projects", project_id)
     if not item.get("display_name"):
         raise ApiError(422, "display_name can't be blank")
-    row = res.create_subject_set(rt.store, project_id, str(item["display_name"]), dict(item.get("metadata") or {}))
-    return show("subject_sets", row, res.serialize_subject_set(rt.store, row), status=201)
+    subject_ids = _linked_subjects(item)
+    with rt.store.transaction():
+        row = res.create_subject_set(rt.store, project_id, str(item["display_name"]), dict(item.get("metadata") or {}))
+        if subject_ids:
+            res.add_to_set(rt.store, row.id, subject_ids)
+            row = res.require(rt.store, "subject_sets", row.id)
+    return show(
+        "subject_sets", row, res.serialize_subject_set(rt.store, row), status=201, base_url=rt.base_url(request)
+    )
 
 
 @router.put("/subject_sets/{set_id}")
@@ -352,8 +365,31 @@ async def update_subject_set(set_id: str, request: Request, rt: RuntimeDep) -> R
     check_if_match(request, row)
     data: dict[str, Any] = {**row.data, **{k: item[k] for k in ("display_name", "metadata") if k in item}}
     data["updated_at"] = now_iso()
-    row = rt.store.update(row, data)
+    subject_ids = _linked_subjects(item)
+    with rt.store.transaction():
+        row = rt.store.update(row, data)
+        if subject_ids is not None:  # links.subjects replaces the members
+            members = rt.store.select("set_member_subjects", where={"subject_set_id": [row.id]})
+            gone = [m.key("subject_id") or 0 for m in members if m.key("subject_id") not in subject_ids]
+            res.remove_from_set(rt.store, row.id, gone)
+            res.add_to_set(rt.store, row.id, subject_ids)
+            row = res.require(rt.store, "subject_sets", row.id)
     return show("subject_sets", row, res.serialize_subject_set(rt.store, row))
+
+
+def _linked_subjects(item: Mapping[str, Any]) -> list[int] | None:
+    """``links.subjects`` of a subject set create or update body: Panoptes links them on create and
+    replaces the members with them on update (recorded in the add_subjects and update_subject_set
+    cassettes; panoptes SubjectSetCreateSchema/UpdateSchema and UpdatableResource#build_update_hash)."""
+    raw = (item.get("links") or {}).get("subjects")
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise ApiError(422, "links.subjects must be an array of ids")
+    try:
+        return [int(x) for x in raw]
+    except (TypeError, ValueError):
+        raise ApiError(422, "links.subjects must be an array of ids") from None
 
 
 @router.delete("/subject_sets/{set_id}")
@@ -426,7 +462,11 @@ async def create_subject(request: Request, rt: RuntimeDep) -> Response:
     set_ids = [int(s) for s in (item.get("links") or {}).get("subject_sets") or []]
     row = res.create_subject(rt.store, project_id, user_id, locations, metadata, set_ids, item.get("external_id"))
     return show(
-        "subjects", row, res.serialize_subject(rt.store, row, rt.base_url(request), for_upload=True), status=201
+        "subjects",
+        row,
+        res.serialize_subject(rt.store, row, rt.base_url(request), for_upload=True),
+        status=201,
+        base_url=rt.base_url(request),
     )
 
 
@@ -533,7 +573,7 @@ async def create_classification(request: Request, rt: RuntimeDep) -> Response:
         completed=bool(item.get("completed", True)),
         retirement_delay_s=rt.config.retirement_delay_s,
     )
-    return show("classifications", row, res.serialize_classification(row), status=201)
+    return show("classifications", row, res.serialize_classification(row), status=201, base_url=rt.base_url(request))
 
 
 def _client_ip(request: Request) -> str:

@@ -63,7 +63,7 @@ def request_export(rt: Runtime, request: Request, linked_type: str, linked: Row,
     else:
         medium = rt.store.update(existing, {**data, "created_at": existing.data["created_at"]})
     headers = {
-        "Location": f"/api/{linked_type}/{linked.id}/classifications_export",
+        "Location": f"{rt.base_url(request)}/api/{linked_type}/{linked.id}/classifications_export",
         "Last-Modified": str(data["updated_at"]),
     }
     payload = document("media", [_serialize(rt, request, medium)], single_meta("media", "/media"))

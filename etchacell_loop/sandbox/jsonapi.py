@@ -138,7 +138,9 @@ def paging_meta(
             "previous_page": page.number - 1,
             "next_page": next_page,
             "first_href": href(path, base),
-            "previous_href": href(path, {**base, "page": page.number - 1}) if page.number > 1 else None,
+            # previous_page is page-1 even on page 1, so previous_href is too: `…?page=0&…` (reference
+            # §2.0 count-free meta; recorded in the user-classifications cassette).
+            "previous_href": href(path, {**base, "page": page.number - 1}),
             "next_href": href(path, {**base, "page": next_page}) if next_page else None,
             "last_href": href(path, {**base, "page": 0}),
         }

@@ -81,16 +81,26 @@ def check_password(row: Row, password: str) -> bool:
     return hmac.compare_digest(row.data["password"], password_digest(password, row.data["salt"]))
 
 
-def serialize_user(row: Row) -> dict[str, Any]:
+def serialize_user(row: Row, store: Store | None = None) -> dict[str, Any]:
+    """UserSerializer's fields as the recorded /api/me shows them (``max_subjects`` is ``subject_limit`` today)."""
     return {
         "id": str(row.id),
         "login": row.data["login"],
         "display_name": row.data["display_name"],
+        "credited_name": row.data["login"],  # Panoptes falls back to the login
         "email": row.data["email"],
-        "admin": row.data["admin"],
         "created_at": row.data["created_at"],
         "updated_at": row.data["updated_at"],
+        "type": "users",
+        "global_email_communication": False,
+        "project_email_communication": False,
+        "beta_email_communication": False,
+        "subject_limit": 100,  # Panoptes.max_subjects (USER_SUBJECT_LIMIT) default
+        "uploaded_subjects_count": store.count("subjects", where={"user_id": [row.id]}) if store else 0,
+        "admin": row.data["admin"],
         "href": f"/users/{row.id}",
+        "login_prompt": False,
+        "private_profile": True,
         "links": {},
     }
 
@@ -143,7 +153,9 @@ def serialize_project(store: Store, row: Row) -> dict[str, Any]:
         "primary_language": "en",
         "private": row.data["private"],
         "live": row.data["live"],
-        "state": None,
+        # Project#state: the paused/finished enum, else "live" or "development"; never null
+        # (recorded "live" for project 405; the null in reference §2.2's trimmed example is illustrative).
+        "state": "live" if row.data["live"] else "development",
         "configuration": row.data["configuration"],
         "urls": [],
         "tags": [],
@@ -429,12 +441,15 @@ def signed_put_url(base_url: str, key: str, mime: str, lifetime_s: int = 300) ->
 
 
 def add_to_set(store: Store, set_id: int, subject_ids: Sequence[int], project_id: int | None = None) -> None:
-    """Insert set members (duplicates ignored, as Panoptes' bulk insert does)."""
+    """Insert set members (duplicates ignored, as Panoptes' bulk insert does).
+
+    Any existing subject may join, whatever its project (reference §2.6: only a missing subject is a
+    422; the recorded add_subjects cassette links project 231's subject 3156 into project 813's set).
+    """
     subject_set = require(store, "subject_sets", set_id)
     existing = {m.key("subject_id") for m in store.select("set_member_subjects", where={"subject_set_id": [set_id]})}
     for subject_id in subject_ids:
-        subject = store.get("subjects", subject_id)
-        if subject is None or subject.key("project_id") != subject_set.key("project_id"):
+        if store.get("subjects", subject_id) is None:
             raise ApiError(422, "Error: check the subject set and all the subjects exist.")
     with store.transaction():
         for subject_id in subject_ids:
@@ -541,6 +556,7 @@ def create_classification(
     completed: bool = True,
     created_at: str | None = None,
     retirement_delay_s: float = 0.5,
+    rid: int | None = None,
 ) -> Row:
     """Store a classification as the front end posts it, and count it towards retirement."""
     if not subject_ids:
@@ -567,7 +583,7 @@ def create_classification(
         "user_id": user_id,
     }
     with store.transaction():
-        row = store.insert("classifications", data, keys)
+        row = store.insert("classifications", data, keys, rid=rid)
         if completed:
             for subject_id in subject_ids:
                 _count_towards_retirement(store, workflow, int(subject_id), retirement_delay_s)

@@ -289,7 +289,7 @@ def test_classification_export_creating_then_ready_gzip_csv(
     rows = list(csv.reader(io.StringIO(gzip.decompress(raw).decode())))
     assert tuple(rows[0]) == EXPORT_COLUMNS
     assert len(rows) == 4
-    assert list(export.csv_dictreader())[0]["workflow_name"] == "Trace the nuclear envelope"
+    assert next(iter(export.csv_dictreader()))["workflow_name"] == "Trace the nuclear envelope"
     first = dict(zip(rows[0], rows[1], strict=True))
     assert first["user_name"] == f"not-logged-in-{first['user_ip']}" and len(first["user_ip"]) == 20
     tokens = [dict(zip(rows[0], row, strict=True))["user_ip"] for row in rows[1:]]
