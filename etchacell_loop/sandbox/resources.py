@@ -566,11 +566,14 @@ def create_classification(
     stamp = created_at or now_iso()
     data = {
         "annotations": annotations,
-        "metadata": metadata,
+        "metadata": {k: v for k, v in metadata.items() if k != "workflow_version"},  # kept in its own column
         "completed": completed,
         "gold_standard": None,
         "expert_classifier": None,
-        "workflow_version": f"{workflow.data['version_major']}.{workflow.data['version_minor']}",
+        # The front end sends the version it showed; Panoptes stores that, not the current one.
+        "workflow_version": str(
+            metadata.get("workflow_version") or f"{workflow.data['version_major']}.{workflow.data['version_minor']}"
+        ),
         "subject_ids": [int(s) for s in subject_ids],
         "user_ip": user_ip,
         "created_at": stamp,
@@ -603,7 +606,7 @@ def _count_towards_retirement(store: Store, workflow: Row, subject_id: int, dela
 
 
 def serialize_classification(row: Row) -> dict[str, Any]:
-    metadata = {**row.data["metadata"], "workflow_version": row.data["workflow_version"]}
+    metadata = {**row.data["metadata"], "workflow_version": row.data["workflow_version"]}  # re-added by the serializer
     return {
         "id": str(row.id),
         "annotations": row.data["annotations"],

@@ -445,3 +445,20 @@ def test_seed_command_prints_ids(sandbox: SandboxProcess) -> None:
     workflow = api(sandbox, "GET", f"/workflows/{ids['correction_workflow_id']}").json()["workflows"][0]
     assert workflow["configuration"] == {"enable_caesar_data_fetching": True}
     assert workflow["tasks"]["T0"]["tools"][0]["type"] == "freehandLine"
+
+
+def test_classification_keeps_the_workflow_version_it_was_made_on(
+    sandbox: SandboxProcess, sandbox_project: dict[str, int], tmp_path: Path
+) -> None:
+    """Panoptes stores the version the front end showed (metadata.workflow_version), not today's."""
+    connect(sandbox)
+    project_id, workflow_id = sandbox_project["project_id"], sandbox_project["segmentation_workflow_id"]
+    (subject,) = upload_subjects(project_id, jpeg_file(tmp_path), 1)
+    metadata = {"classifier_version": "2.0", "workflow_version": "4.10"}
+    posted = post_classification(sandbox, project_id, workflow_id, int(subject.id), metadata=metadata)
+    assert posted.json()["classifications"][0]["metadata"]["workflow_version"] == "4.10"
+    project = Project.find(project_id)
+    project.generate_export("classifications")
+    rows = list(project.get_export("classifications", wait=True, wait_timeout=15).csv_dictreader())
+    assert rows[0]["workflow_version"] == "4.10"
+    assert "workflow_version" not in json.loads(rows[0]["metadata"])

@@ -1,0 +1,1 @@
+"""The daemon's jobs; each is one idempotent function the scheduler and ``etchacell tick`` share."""
