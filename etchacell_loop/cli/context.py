@@ -23,6 +23,8 @@ from sqlalchemy.engine import Engine
 from etchacell_loop.config import ConfigError, Settings, load_settings, masked_database_url
 from etchacell_loop.db.engine import make_engine
 from etchacell_loop.db.queries import QueryError
+from etchacell_loop.loop.project import RegistrationError
+from etchacell_loop.panoptes.errors import PanoptesError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,7 +72,7 @@ def state(ctx: typer.Context) -> CliState:
     return obj
 
 
-_OPERATOR_ERRORS = (ConfigError, QueryError, CommandError, FileNotFoundError)
+_OPERATOR_ERRORS = (ConfigError, QueryError, CommandError, FileNotFoundError, PanoptesError, RegistrationError)
 
 
 def operator_errors(func: Callable[P, R]) -> Callable[P, R]:

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import requests
-from panoptes_client import Panoptes, Subject, SubjectSet, Workflow
+from panoptes_client import Panoptes, Project, Subject, SubjectSet, Workflow
 from panoptes_client.panoptes import PanoptesAPIException
 
 from etchacell_loop.config import PanoptesSettings
@@ -106,6 +106,26 @@ def connect(
     return gateway
 
 
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """A workflow as Panoptes describes it."""
+
+    panoptes_id: int
+    display_name: str
+    version: str
+    active: bool
+    caesar_data_fetching: bool
+
+
+@dataclass(frozen=True)
+class ProjectInfo:
+    """A project and its workflows as Panoptes describes them."""
+
+    panoptes_id: int
+    display_name: str
+    workflows: tuple[WorkflowInfo, ...]
+
+
 class PanoptesGateway:
     """Typed Panoptes operations for the loop. Build it with :func:`connect`."""
 
@@ -146,6 +166,24 @@ class PanoptesGateway:
         if not token:
             raise PanoptesAuthError(self._client.client_id, "no access token in Panoptes' answer")
         return str(token)
+
+    # --- project and workflows --------------------------------------------------------------------
+
+    def describe_project(self, project_id: int) -> ProjectInfo:
+        """The project and its workflows as Panoptes has them now (names, versions, Caesar flag)."""
+        with self._calling(f"project {project_id}"):
+            project = Project.find(project_id)
+            workflows = [
+                WorkflowInfo(
+                    panoptes_id=int(w.id),
+                    display_name=str(w.display_name),
+                    version=str(w.version),
+                    active=bool(w.active),
+                    caesar_data_fetching=bool((w.configuration or {}).get("enable_caesar_data_fetching")),
+                )
+                for w in Workflow.where(project_id=project_id)
+            ]
+        return ProjectInfo(int(project.id), str(project.display_name), tuple(workflows))
 
     # --- subject sets ----------------------------------------------------------------------------
 

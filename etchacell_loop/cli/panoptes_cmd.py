@@ -1,0 +1,115 @@
+"""``etchacell panoptes``: check the credentials, register the project, pull classifications."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from etchacell_loop.cli.context import CliState, CommandError, console, operator_errors, state
+from etchacell_loop.db import migrate
+from etchacell_loop.db.engine import session_scope
+from etchacell_loop.db.models import Project, Workflow
+from etchacell_loop.loop.ingest import ingest_classifications
+from etchacell_loop.loop.project import configured_roles, register_project
+from etchacell_loop.panoptes.gateway import PanoptesGateway, ProjectInfo, connect
+
+app = typer.Typer(help="Talk to the configured Zooniverse project (or the sandbox).", no_args_is_help=True)
+
+
+def _project_id(cli: CliState) -> int:
+    project_id = cli.settings.panoptes.project_id
+    if project_id is None:
+        raise CommandError("panoptes.project_id is not set (ETCHACELL_PANOPTES__PROJECT_ID or etchacell.toml)")
+    return project_id
+
+
+def _gateway(cli: CliState) -> PanoptesGateway:
+    return connect(cli.settings.panoptes)
+
+
+def _show_project(cli: CliState, info: ProjectInfo) -> None:
+    roles = configured_roles(cli.settings.panoptes)
+    table = Table(title=f"{info.display_name} (project {info.panoptes_id})", title_justify="left")
+    for column in ("workflow", "name", "version", "active", "Caesar data fetching", "role here"):
+        table.add_column(column, overflow="fold")
+    for workflow in info.workflows:
+        role = roles.get(workflow.panoptes_id)
+        table.add_row(
+            str(workflow.panoptes_id),
+            workflow.display_name,
+            workflow.version,
+            "yes" if workflow.active else "no",
+            "yes" if workflow.caesar_data_fetching else "no",
+            role.value if role else "-",
+        )
+    console.print(table)
+
+
+@app.command("check")
+@operator_errors
+def check(ctx: typer.Context) -> None:
+    """Sign in with the configured client credentials and show the project and its workflows."""
+    cli = state(ctx)
+    project_id = _project_id(cli)
+    with _gateway(cli) as gateway:
+        info = gateway.describe_project(project_id)
+    console.print(f"signed in to {cli.settings.panoptes.endpoint} as client {cli.settings.panoptes.client_id}")
+    _show_project(cli, info)
+
+
+@app.command("register")
+@operator_errors
+def register(ctx: typer.Context) -> None:
+    """Record the project and its configured workflows (with their roles) in the database."""
+    cli = state(ctx)
+    project_id = _project_id(cli)
+    with _gateway(cli) as gateway:
+        info = gateway.describe_project(project_id)
+    with cli.engine() as engine:
+        _require_schema(engine)
+        with session_scope(engine) as session:
+            registered = register_project(session, info, configured_roles(cli.settings.panoptes))
+            summary = ", ".join(f"{w.panoptes_id} ({w.role.value})" for w in registered.workflows) or "none"
+    console.print(f"registered project {info.panoptes_id} '{info.display_name}'; workflows: {summary}")
+
+
+@app.command("pull")
+@operator_errors
+def pull(
+    ctx: typer.Context,
+    workflow: Annotated[int | None, typer.Option(help="only this Panoptes workflow id")] = None,
+    page_size: Annotated[int, typer.Option(min=1, max=100, help="classifications per request")] = 100,
+) -> None:
+    """Store every new classification of the registered workflows (safe to run at any time)."""
+    cli = state(ctx)
+    project_id = _project_id(cli)
+    with cli.engine() as engine:
+        _require_schema(engine)
+        with Session(engine) as session:
+            query = select(Workflow).join(Project).where(Project.panoptes_id == project_id)
+            rows = [w for w in session.exec(query).all() if workflow is None or w.panoptes_id == workflow]
+        if not rows:
+            raise CommandError("no registered workflow to pull: run `etchacell panoptes register` first")
+        table = Table(title="classifications pulled", title_justify="left")
+        for column in ("workflow", "role", "new", "already stored", "unusable", "cursor"):
+            table.add_column(column)
+        with _gateway(cli) as gateway:
+            for row in rows:
+                result = ingest_classifications(
+                    lambda: Session(engine, expire_on_commit=False), gateway, row, project_id, page_size
+                )
+                table.add_row(
+                    str(row.panoptes_id), row.role.value, str(result.inserted), str(result.skipped),
+                    str(result.unusable), str(result.last_id),
+                )  # fmt: skip
+    console.print(table)
+
+
+def _require_schema(engine: Engine) -> None:
+
+    if not migrate.is_up_to_date(engine):
+        raise CommandError("the database schema is not up to date: run `etchacell db upgrade` first")
