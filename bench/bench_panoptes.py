@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -221,6 +222,8 @@ def _megabytes(uploads: list[SubjectUpload]) -> float:
 
 
 def main() -> None:
+    # Retries are logged at INFO by the gateway; the figures (with retry counts) are what matter here.
+    logging.basicConfig(level=logging.WARNING, force=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=100)
     parser.add_argument("--classifications", type=int, default=20_000)
