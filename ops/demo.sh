@@ -30,7 +30,7 @@ etchacell query classification_throughput --sql grafana
 
 step "A local stand-in of Zooniverse: the Panoptes sandbox (state in $ETCHACELL_DATA_DIR/sandbox)"
 PORT=${SANDBOX_PORT:-8765}
-etchacell sandbox serve --port "$PORT" --state "$ETCHACELL_DATA_DIR/sandbox" > "$ETCHACELL_DATA_DIR/sandbox.log" 2>&1 &
+"$BIN/etchacell" sandbox serve --port "$PORT" --state "$ETCHACELL_DATA_DIR/sandbox" > "$ETCHACELL_DATA_DIR/sandbox.log" 2>&1 &
 SANDBOX_PID=$!
 trap 'kill $SANDBOX_PID 2>/dev/null || true' EXIT
 "$BIN/python" -c "
