@@ -9,7 +9,7 @@ import pytest
 from skimage.draw import polygon as naive_polygon
 
 from etchacell_loop.cria.consensus import CriaParams, cria, envelope_band
-from etchacell_loop.cria.joining import join_greedy
+from etchacell_loop.cria.joining import MAX_EXACT_STROKES, join_greedy, join_min_total, joining_distance
 from etchacell_loop.cria.raster import fill_even_odd
 
 SHAPE = (400, 400)
@@ -94,3 +94,35 @@ def test_band_is_seven_pixels_at_70_nm_and_10_nm_pixels() -> None:
 def test_no_drawers_gives_an_empty_consensus() -> None:
     result = cria([], n_classifications=5, shape=SHAPE, params=CriaParams())
     assert result.area_px == 0 and not result.band.any() and result.n_volunteers == 0
+
+
+def test_min_total_joining_never_pays_more_than_greedy() -> None:
+    rng = np.random.default_rng(7)
+    strictly_better = 0
+    for _ in range(60):
+        strokes = [
+            np.cumsum(rng.normal(0, 15, (rng.integers(3, 12), 2)), axis=0) + rng.uniform(0, 400, 2)
+            for _ in range(rng.integers(1, 7))
+        ]
+        greedy = join_greedy(strokes)
+        best = join_min_total(strokes)
+        assert sum(len(loop) for loop in best) == sum(len(s) for s in strokes)  # every point used once
+        g, b = joining_distance(strokes, greedy), joining_distance(strokes, best)
+        assert b <= g + 1e-9
+        strictly_better += b < g - 1e-6
+    assert strictly_better > 0  # greedy is not always optimal on scattered islands
+
+
+def test_min_total_closes_each_island_on_its_own() -> None:
+    """Two islands each traced as two arcs: joining must not bridge the islands."""
+    left = [circle(100, 200, 40, 60, 0, np.pi), circle(100, 200, 40, 60, np.pi, 2 * np.pi)]
+    right = [circle(300, 200, 40, 60, 0, np.pi), circle(300, 200, 40, 60, np.pi, 2 * np.pi)]
+    loops = join_min_total([left[0], right[1], right[0], left[1]])
+    assert len(loops) == 2
+    filled = fill_even_odd(loops, SHAPE)
+    assert dice(filled, disk_mask(100, 200, 40) | disk_mask(300, 200, 40)) > 0.97
+
+
+def test_many_strokes_fall_back_to_greedy() -> None:
+    strokes = [circle(50 + 40 * i, 200, 15) for i in range(MAX_EXACT_STROKES + 2)]
+    assert len(join_min_total(strokes)) == len(strokes)
