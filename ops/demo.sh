@@ -57,17 +57,18 @@ etchacell panoptes register
 step "Volunteers classify (simulated through the sandbox), then the loop pulls: twice, the second finds nothing new"
 "$BIN/python" - "$PORT" <<'PY'
 import os, sys
-from etchacell_loop.sandbox.harness import SandboxProcess
+import httpx
 from panoptes_client import Panoptes
-sandbox = SandboxProcess(state_dir=None, port=int(sys.argv[1]))  # type: ignore[arg-type]
-client = Panoptes(endpoint=sandbox.url, client_id="sandbox", client_secret="sandbox-secret", username="", password="")
+url = f"http://127.0.0.1:{sys.argv[1]}"
+client = Panoptes(endpoint=url, client_id="sandbox", client_secret="sandbox-secret", username="", password="")
 with client:
     project = os.environ["ETCHACELL_PANOPTES__PROJECT_ID"]
     subject = client.post("/subjects", json={"subjects": {"locations": ["image/jpeg"], "metadata": {}, "links": {"project": project}}})[0]
 mark = {"frame": 2, "toolIndex": 0, "toolType": "freehandLine", "pathX": [100, 200, 150], "pathY": [100, 120, 200]}
-made = sandbox.bulk_classifications(int(os.environ["ETCHACELL_PANOPTES__SEGMENTATION_WORKFLOW_ID"]),
-                                    [int(subject["subjects"][0]["id"])], per_subject=40,
-                                    annotations=[{"task": "T0", "taskType": "drawing", "value": [mark]}])
+made = httpx.post(f"{url}/_sandbox/classifications/bulk", timeout=60, json={
+    "workflow_id": int(os.environ["ETCHACELL_PANOPTES__SEGMENTATION_WORKFLOW_ID"]),
+    "subject_ids": [int(subject["subjects"][0]["id"])], "per_subject": 40,
+    "annotations": [{"task": "T0", "taskType": "drawing", "value": [mark]}]}).json()
 print(f"{made['created']} classifications posted")
 PY
 etchacell panoptes pull

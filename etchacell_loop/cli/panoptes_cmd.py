@@ -31,6 +31,13 @@ def _gateway(cli: CliState) -> PanoptesGateway:
     return connect(cli.settings.panoptes)
 
 
+def _describe(cli: CliState) -> ProjectInfo:
+    """Sign in and read the configured project as Panoptes has it now."""
+    project_id = _project_id(cli)
+    with _gateway(cli) as gateway:
+        return gateway.describe_project(project_id)
+
+
 def _show_project(cli: CliState, info: ProjectInfo) -> None:
     roles = configured_roles(cli.settings.panoptes)
     table = Table(title=f"{info.display_name} (project {info.panoptes_id})", title_justify="left")
@@ -54,9 +61,7 @@ def _show_project(cli: CliState, info: ProjectInfo) -> None:
 def check(ctx: typer.Context) -> None:
     """Sign in with the configured client credentials and show the project and its workflows."""
     cli = state(ctx)
-    project_id = _project_id(cli)
-    with _gateway(cli) as gateway:
-        info = gateway.describe_project(project_id)
+    info = _describe(cli)
     console.print(f"signed in to {cli.settings.panoptes.endpoint} as client {cli.settings.panoptes.client_id}")
     _show_project(cli, info)
 
@@ -66,9 +71,7 @@ def check(ctx: typer.Context) -> None:
 def register(ctx: typer.Context) -> None:
     """Record the project and its configured workflows (with their roles) in the database."""
     cli = state(ctx)
-    project_id = _project_id(cli)
-    with _gateway(cli) as gateway:
-        info = gateway.describe_project(project_id)
+    info = _describe(cli)
     with cli.engine() as engine:
         _require_schema(engine)
         with session_scope(engine) as session:

@@ -99,6 +99,16 @@ def require_project_editor(rt: Runtime, request: Request, project_id: int | None
     return user_id
 
 
+def editable(rt: Runtime, request: Request, rtype: str, rid: str, *, if_match: bool = False) -> Row:
+    """The resource a write acts on: it exists, the caller may edit its project, and (for updates
+    and deletes) the caller holds its current show ETag."""
+    row = res.require(rt.store, rtype, rid)
+    require_project_editor(rt, request, row.key("project_id"))
+    if if_match:
+        check_if_match(request, row)
+    return row
+
+
 def show(
     rtype: str,
     row: Row,
@@ -227,9 +237,7 @@ WORKFLOW_EDITABLE = ("display_name", "active", "configuration", "retirement", "t
 @router.put("/workflows/{workflow_id}")
 async def update_workflow(workflow_id: str, request: Request, rt: RuntimeDep) -> Response:
     item = resource_body(await json_body(request), "workflows")
-    row = res.require(rt.store, "workflows", workflow_id)
-    require_project_editor(rt, request, row.key("project_id"))
-    check_if_match(request, row)
+    row = editable(rt, request, "workflows", workflow_id, if_match=True)
     data = {**row.data, **{k: v for k, v in item.items() if k in WORKFLOW_EDITABLE}, "updated_at": now_iso()}
     if "tasks" in item:
         data["version_major"] = row.data["version_major"] + 1
@@ -242,16 +250,14 @@ async def update_workflow(workflow_id: str, request: Request, rt: RuntimeDep) ->
 @router.post("/workflows/{workflow_id}/links/subject_sets")
 async def link_workflow_sets(workflow_id: str, request: Request, rt: RuntimeDep) -> Response:
     body = await json_body(request)
-    row = res.require(rt.store, "workflows", workflow_id)
-    require_project_editor(rt, request, row.key("project_id"))
+    row = editable(rt, request, "workflows", workflow_id)
     row = res.link_subject_sets_to_workflow(rt.store, row, _link_ids(body, "subject_sets"))
     return show("workflows", row, res.serialize_workflow(rt.store, row))
 
 
 @router.delete("/workflows/{workflow_id}/links/subject_sets/{set_ids}")
 def unlink_workflow_sets(workflow_id: str, set_ids: str, request: Request, rt: RuntimeDep) -> Response:
-    row = res.require(rt.store, "workflows", workflow_id)
-    require_project_editor(rt, request, row.key("project_id"))
+    row = editable(rt, request, "workflows", workflow_id)
     for set_id in path_ids(set_ids):
         row = res.unlink_subject_set_from_workflow(rt.store, row, set_id)
     return Response(status_code=204)
@@ -260,8 +266,7 @@ def unlink_workflow_sets(workflow_id: str, set_ids: str, request: Request, rt: R
 @router.post("/workflows/{workflow_id}/retired_subjects")
 async def retire_subjects(workflow_id: str, request: Request, rt: RuntimeDep) -> Response:
     body = await json_body(request)
-    row = res.require(rt.store, "workflows", workflow_id)
-    require_project_editor(rt, request, row.key("project_id"))
+    row = editable(rt, request, "workflows", workflow_id)
     subject_ids = _subject_ids(body)
     reason = body.get("retirement_reason") or "other"
     res.retire(rt.store, row, subject_ids, str(reason), rt.config.retirement_delay_s)
@@ -271,8 +276,7 @@ async def retire_subjects(workflow_id: str, request: Request, rt: RuntimeDep) ->
 @router.post("/workflows/{workflow_id}/unretire_subjects")
 async def unretire_subjects(workflow_id: str, request: Request, rt: RuntimeDep) -> Response:
     body = await json_body(request)
-    row = res.require(rt.store, "workflows", workflow_id)
-    require_project_editor(rt, request, row.key("project_id"))
+    row = editable(rt, request, "workflows", workflow_id)
     subject_ids = _subject_ids(body)
     for set_id in body.get("subject_set_ids") or []:
         members = rt.store.select("set_member_subjects", where={"subject_set_id": [int(set_id)]})
@@ -291,8 +295,7 @@ async def create_workflow_export(workflow_id: str, request: Request, rt: Runtime
 
 @router.get("/workflows/{workflow_id}/classifications_export")
 def get_workflow_export(workflow_id: str, request: Request, rt: RuntimeDep) -> Response:
-    row = res.require(rt.store, "workflows", workflow_id)
-    require_project_editor(rt, request, row.key("project_id"))
+    row = editable(rt, request, "workflows", workflow_id)
     return describe_export(rt, request, "workflows", row)
 
 
@@ -360,9 +363,7 @@ async def create_subject_set(request: Request, rt: RuntimeDep) -> Response:
 @router.put("/subject_sets/{set_id}")
 async def update_subject_set(set_id: str, request: Request, rt: RuntimeDep) -> Response:
     item = resource_body(await json_body(request), "subject_sets")
-    row = res.require(rt.store, "subject_sets", set_id)
-    require_project_editor(rt, request, row.key("project_id"))
-    check_if_match(request, row)
+    row = editable(rt, request, "subject_sets", set_id, if_match=True)
     data: dict[str, Any] = {**row.data, **{k: item[k] for k in ("display_name", "metadata") if k in item}}
     data["updated_at"] = now_iso()
     subject_ids = _linked_subjects(item)
@@ -394,21 +395,15 @@ def _linked_subjects(item: Mapping[str, Any]) -> list[int] | None:
 
 @router.delete("/subject_sets/{set_id}")
 def delete_subject_set(set_id: str, request: Request, rt: RuntimeDep) -> Response:
-    row = res.require(rt.store, "subject_sets", set_id)
-    require_project_editor(rt, request, row.key("project_id"))
-    check_if_match(request, row)
-    with rt.store.transaction():
-        for member in rt.store.select("set_member_subjects", where={"subject_set_id": [row.id]}):
-            rt.store.delete("set_member_subjects", member.id)
-        rt.store.delete("subject_sets", row.id)
+    row = editable(rt, request, "subject_sets", set_id, if_match=True)
+    res.delete_with_memberships(rt.store, row, "subject_set_id")
     return Response(status_code=204)
 
 
 @router.post("/subject_sets/{set_id}/links/subjects")
 async def link_set_subjects(set_id: str, request: Request, rt: RuntimeDep) -> Response:
     body = await json_body(request)
-    row = res.require(rt.store, "subject_sets", set_id)
-    require_project_editor(rt, request, row.key("project_id"))
+    row = editable(rt, request, "subject_sets", set_id)
     res.add_to_set(rt.store, row.id, _link_ids(body, "subjects"))
     row = res.require(rt.store, "subject_sets", set_id)
     return show("subject_sets", row, res.serialize_subject_set(rt.store, row))
@@ -416,8 +411,7 @@ async def link_set_subjects(set_id: str, request: Request, rt: RuntimeDep) -> Re
 
 @router.delete("/subject_sets/{set_id}/links/subjects/{subject_ids}")
 def unlink_set_subjects(set_id: str, subject_ids: str, request: Request, rt: RuntimeDep) -> Response:
-    row = res.require(rt.store, "subject_sets", set_id)
-    require_project_editor(rt, request, row.key("project_id"))
+    row = editable(rt, request, "subject_sets", set_id)
     res.remove_from_set(rt.store, row.id, path_ids(subject_ids))
     return Response(status_code=204)
 
@@ -473,9 +467,7 @@ async def create_subject(request: Request, rt: RuntimeDep) -> Response:
 @router.put("/subjects/{subject_id}")
 async def update_subject(subject_id: str, request: Request, rt: RuntimeDep) -> Response:
     item = resource_body(await json_body(request), "subjects")
-    row = res.require(rt.store, "subjects", subject_id)
-    require_project_editor(rt, request, row.key("project_id"))
-    check_if_match(request, row)
+    row = editable(rt, request, "subjects", subject_id, if_match=True)
     if "metadata" in item:
         row = rt.store.update(
             row, {**row.data, "metadata": res.downcase_priority(dict(item["metadata"])), "updated_at": now_iso()}
@@ -488,13 +480,8 @@ async def update_subject(subject_id: str, request: Request, rt: RuntimeDep) -> R
 
 @router.delete("/subjects/{subject_id}")
 def delete_subject(subject_id: str, request: Request, rt: RuntimeDep) -> Response:
-    row = res.require(rt.store, "subjects", subject_id)
-    require_project_editor(rt, request, row.key("project_id"))
-    check_if_match(request, row)
-    with rt.store.transaction():
-        for member in rt.store.select("set_member_subjects", where={"subject_id": [row.id]}):
-            rt.store.delete("set_member_subjects", member.id)
-        rt.store.delete("subjects", row.id)
+    row = editable(rt, request, "subjects", subject_id, if_match=True)
+    res.delete_with_memberships(rt.store, row, "subject_id")
     return Response(status_code=204)
 
 

@@ -474,6 +474,14 @@ def remove_from_set(store: Store, set_id: int, subject_ids: Sequence[int]) -> No
             store.delete("set_member_subjects", member.id)
 
 
+def delete_with_memberships(store: Store, row: Row, member_key: str) -> None:
+    """Delete a subject or a subject set together with the set memberships that name it."""
+    with store.transaction():
+        for member in store.select("set_member_subjects", where={member_key: [row.id]}):
+            store.delete("set_member_subjects", member.id)
+        store.delete(row.type, row.id)
+
+
 def serialize_member(row: Row) -> dict[str, Any]:
     return {
         "id": str(row.id),
