@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import hashlib
 import json
 import math
 import sys
@@ -30,6 +31,7 @@ from numpy.typing import NDArray
 from etchacell_loop.db.models import ParseStatus
 
 FloatArray = NDArray[np.float64]
+ANON_TOKEN_MAX = 64  # Classification.anonymous_token
 TRACING_TOOLS = frozenset({"freehandLine", "polygon"})
 EXPORT_COLUMNS = (
     "classification_id", "user_name", "user_id", "user_ip", "workflow_id", "workflow_name", "workflow_version",
@@ -317,6 +319,27 @@ def _clip(
 
 
 # --- classification exports -------------------------------------------------------------------------
+
+
+def volunteer_key(user_id: int | None, anonymous_token: str | None, classification_id: int) -> str:
+    """``user:<id>``; for anonymous volunteers ``anon:<session>`` (the API has no IP token), or,
+    with no session either, ``anon:classification-<id>`` (each such classification counts alone)."""
+    if user_id is not None:
+        return f"user:{user_id}"
+    if anonymous_token:
+        return f"anon:{anonymous_token}"
+    return f"anon:classification-{classification_id}"
+
+
+def anonymous_token(metadata: Any) -> str | None:
+    """The browser session of an anonymous classification (``metadata.session``), hashed when longer
+    than the column that keeps it."""
+    session = metadata.get("session") if isinstance(metadata, Mapping) else None
+    if not isinstance(session, str) or not session:
+        return None
+    if len(session) <= ANON_TOKEN_MAX:
+        return session
+    return hashlib.sha256(session.encode()).hexdigest()
 
 
 class ExportFormatError(ValueError):

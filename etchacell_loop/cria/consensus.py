@@ -1,64 +1,154 @@
-"""Stack volunteers' fills into a height map and keep where enough of them agree.
+"""One slice's tracings → its consensus. The one place where volunteers' lines become a mask.
 
-The denominator is the number of volunteers who drew on the slice (as the seed code does): a
-volunteer who drew nothing on it has said nothing about where its envelope is, and counting them
-would erase real nuclei on slices many volunteers skipped. ``denominator="classifications"`` counts
-every classification instead, for comparison with the paper's wording.
+For every drawer on the slice: join their strokes into loops (``joining``), fill the loops even-odd
+(``raster``); then the configured method (``methods``) votes, the area's outline becomes the
+envelope band, and each drawer's agreement with the result is measured so it can be pooled across
+slices (``reliability``).
+
+The denominator of the vote is the number of volunteers who drew on the slice (as the seed code
+does): a volunteer who drew nothing on it has said nothing about where its envelope is, and counting
+them would erase real nuclei on slices many volunteers skipped. ``denominator="classifications"``
+counts every classification instead, for comparison with the paper's wording.
+
+*Stability* is the Dice between this consensus and the consensus without the latest drawing: the
+retirement policy asks whether one more volunteer still changes the answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from etchacell_loop.cria.raster import Mask
+from etchacell_loop.cria.joining import Points, join_greedy, join_min_total
+from etchacell_loop.cria.methods import Ballot, MethodParams, Region, consensus_method, region_of
+from etchacell_loop.cria.raster import Mask, Patch, fill_patch
+from etchacell_loop.cria.reliability import VolunteerRecord
 
+_T = TypeVar("_T", bound=np.generic)
 Denominator = Literal["drawers", "classifications"]
+JoinRule = Literal["greedy", "min-total"]
+JOIN_RULES: Mapping[str, Callable[[Sequence[Points]], list[Points]]] = {
+    "greedy": join_greedy,
+    "min-total": join_min_total,
+}
 
 
 @dataclass(frozen=True)
 class CriaParams:
-    """CRIA's parameters, declared as data (picked by configuration)."""
+    """Everything that decides a slice's consensus, declared as data (picked by configuration)."""
 
+    method: str = "cria"
+    join_rule: JoinRule = "greedy"
     agreement_fraction: float = 0.5
     denominator: Denominator = "drawers"
     envelope_width_nm: float = 70.0
-    pixel_size_nm: float = 10.0
+    pixel_size_nm: float = 10.0  # of the grid the tracings are in
+    methods: MethodParams = field(default_factory=MethodParams)
+
+    def method_params(self) -> MethodParams:
+        return replace(self.methods, agreement_fraction=self.agreement_fraction, denominator=self.denominator)
+
+
+@dataclass(frozen=True, eq=False)
+class Drawing:
+    """One volunteer's strokes on one slice, in the slice's pixels (x, y)."""
+
+    volunteer: str
+    classification_id: int
+    strokes: tuple[Points, ...]
 
 
 @dataclass(frozen=True)
+class DrawerOutcome:
+    """How one drawing fared: used by the method or not, and its agreement with the consensus
+    (pixel counts over the slice's region, for pooling into a :class:`VolunteerRecord`)."""
+
+    volunteer: str
+    classification_id: int
+    included: bool
+    dice: float
+    tp: int
+    fn: int
+    fp: int
+    tn: int
+
+    def record(self) -> VolunteerRecord:
+        return VolunteerRecord(1, self.dice, self.tp, self.fn, self.fp, self.tn)
+
+
+@dataclass(frozen=True, eq=False)
 class Consensus:
-    """One slice's consensus: area (bool), envelope band (bool), confidence (fraction 0..1, float32)."""
+    """One slice's consensus: area (bool), envelope band (bool), confidence (0..1, float32), the
+    drawers' outcomes and the stability against the consensus without the latest drawing."""
 
     area: Mask
     band: Mask
     confidence: NDArray[np.float32]
     n_volunteers: int
     n_classifications: int
+    outcomes: tuple[DrawerOutcome, ...] = ()
+    stability: float | None = None
+    method: str = "cria"
 
     @property
     def area_px(self) -> int:
-        return int(self.area.sum())
+        return int(np.count_nonzero(self.area))
+
+    @property
+    def n_flagged(self) -> int:
+        """Drawings the method left out or that agree with the consensus less than half (Dice < 0.5)."""
+        return sum(1 for o in self.outcomes if not o.included or o.dice < 0.5)
 
 
-def cria(fills: Sequence[Mask], n_classifications: int, shape: tuple[int, int], params: CriaParams) -> Consensus:
-    """Consensus of the volunteers' filled masks (one per volunteer who drew on the slice)."""
-    height_map = np.zeros(shape, dtype=np.uint16)
-    for fill in fills:
-        height_map += fill
-    denominator = len(fills) if params.denominator == "drawers" else max(n_classifications, len(fills))
-    if denominator == 0:
-        empty = np.zeros(shape, dtype=np.bool_)
-        return Consensus(empty, empty.copy(), np.zeros(shape, np.float32), 0, n_classifications)
-    confidence = (height_map / denominator).astype(np.float32)
-    area = confidence >= params.agreement_fraction
+def slice_consensus(
+    drawings: Sequence[Drawing],
+    n_classifications: int,
+    shape: tuple[int, int],
+    params: CriaParams,
+    records: Mapping[str, VolunteerRecord] | None = None,
+    with_stability: bool = True,
+) -> Consensus:
+    """The consensus of one slice from its drawings (in classification order: the last one is the
+    latest), given how many classifications showed the slice (drawers and abstainers)."""
+    join = JOIN_RULES[params.join_rule]
+    fills = [fill_patch(join(list(d.strokes)), shape) for d in drawings]
+    ballots = [Ballot(fill, (records or {}).get(d.volunteer)) for d, fill in zip(drawings, fills, strict=True)]
+    return consensus_of_ballots(drawings, ballots, n_classifications, shape, params, with_stability)
+
+
+def consensus_of_ballots(
+    drawings: Sequence[Drawing],
+    ballots: Sequence[Ballot],
+    n_classifications: int,
+    shape: tuple[int, int],
+    params: CriaParams,
+    with_stability: bool = True,
+) -> Consensus:
+    """The vote, band, outcomes and stability for fills already made (re-voting with new records
+    after pooling needs no second fill)."""
+    method = consensus_method(params.method)
+    method_params = params.method_params()
+    n_abstaining = max(0, n_classifications - len(ballots))
+    region = region_of(ballots)
+    vote = method(ballots, n_abstaining, region, method_params)
+    area = _paste(vote.area, region, shape)
+    confidence = _paste(vote.confidence, region, shape)
+    stability = None
+    if with_stability and len(ballots) >= 2:
+        latest = int(np.argmax([d.classification_id for d in drawings]))
+        others = [b for i, b in enumerate(ballots) if i != latest]
+        previous = method(others, n_abstaining, region_of(others), method_params)
+        stability = dice(area, _paste(previous.area, region_of(others), shape))
     band = envelope_band(area, params.envelope_width_nm / params.pixel_size_nm)
-    return Consensus(area, band, confidence, len(fills), n_classifications)
+    outcomes = tuple(
+        _outcome(d, b, included, area, region) for d, b, included in zip(drawings, ballots, vote.included, strict=True)
+    )
+    return Consensus(area, band, confidence, len(ballots), n_classifications, outcomes, stability, params.method)
 
 
 def envelope_band(area: Mask, width_px: float) -> Mask:
@@ -71,6 +161,33 @@ def envelope_band(area: Mask, width_px: float) -> Mask:
     inner = ndimage.binary_erosion(area, _disk(inside), border_value=0)
     outer = ndimage.binary_dilation(area, _disk(outside)) if outside else area
     return np.asarray(outer & ~inner, dtype=np.bool_)
+
+
+def dice(a: Mask, b: Mask) -> float:
+    """Dice of two masks; two empty masks agree perfectly."""
+    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
+
+
+def _outcome(drawing: Drawing, ballot: Ballot, included: bool, area: Mask, region: Region) -> DrawerOutcome:
+    fill: Patch = ballot.fill
+    tp = (
+        int(np.count_nonzero(fill.mask & area[fill.top : fill.bottom, fill.left : fill.right])) if fill.mask.size else 0
+    )
+    fp = fill.area_px - tp
+    fn = int(np.count_nonzero(area)) - tp
+    tn = max(0, region.shape[0] * region.shape[1] - tp - fp - fn)
+    total = 2 * tp + fp + fn
+    return DrawerOutcome(
+        drawing.volunteer, drawing.classification_id, included, 1.0 if total == 0 else 2 * tp / total, tp, fn, fp, tn
+    )
+
+
+def _paste(values: NDArray[_T], region: Region, shape: tuple[int, int]) -> NDArray[_T]:
+    full = np.zeros(shape, dtype=values.dtype)
+    if values.size:
+        full[region.top : region.bottom, region.left : region.right] = values
+    return full
 
 
 def _disk(radius: int) -> NDArray[np.bool_]:

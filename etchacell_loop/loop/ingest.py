@@ -10,7 +10,6 @@ because parsing is another module's job and must be able to run again on the ori
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from etchacell_loop.annotations import anonymous_token, volunteer_key
 from etchacell_loop.db.models import (
     Classification,
     ClassificationSource,
@@ -35,7 +35,6 @@ from etchacell_loop.panoptes.gateway import PanoptesGateway
 log = logging.getLogger(__name__)
 
 SessionFactory = Callable[[], Session]
-ANON_TOKEN_MAX = 64  # Classification.anonymous_token
 
 
 @dataclass
@@ -161,7 +160,7 @@ def classification_row(item: Mapping[str, Any], workflow_id: int, subjects: Mapp
     metadata = item.get("metadata")
     user_id = _optional_int(links.get("user"))
     subject_panoptes_id = _subject_panoptes_id(item)
-    anonymous_token = None if user_id is not None else _anonymous_token(metadata)
+    token = None if user_id is not None else anonymous_token(metadata)
     version = metadata.get("workflow_version") if isinstance(metadata, Mapping) else None
     return Classification(
         panoptes_id=int(item["id"]),
@@ -170,8 +169,8 @@ def classification_row(item: Mapping[str, Any], workflow_id: int, subjects: Mapp
         subject_panoptes_id=subject_panoptes_id,
         subject_id=subjects.get(subject_panoptes_id),
         user_id=user_id,
-        anonymous_token=anonymous_token,
-        volunteer_key=volunteer_key(user_id, anonymous_token, int(item["id"])),
+        anonymous_token=token,
+        volunteer_key=volunteer_key(user_id, token, int(item["id"])),
         created_at=_created_at(item),
         source=ClassificationSource.API,
         raw_annotations=raw_json(item.get("annotations", [])),
@@ -182,25 +181,6 @@ def classification_row(item: Mapping[str, Any], workflow_id: int, subjects: Mapp
 def raw_json(value: Any) -> str:
     """JSON text as Panoptes sends it: compact, keys in the order received, non-ASCII as is."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def volunteer_key(user_id: int | None, anonymous_token: str | None, classification_id: int) -> str:
-    """``user:<id>``; for anonymous volunteers ``anon:<session>`` (the API has no IP token), or,
-    with no session either, ``anon:classification-<id>`` (each such classification counts alone)."""
-    if user_id is not None:
-        return f"user:{user_id}"
-    if anonymous_token:
-        return f"anon:{anonymous_token}"
-    return f"anon:classification-{classification_id}"
-
-
-def _anonymous_token(metadata: Any) -> str | None:
-    session = metadata.get("session") if isinstance(metadata, Mapping) else None
-    if not isinstance(session, str) or not session:
-        return None
-    if len(session) <= ANON_TOKEN_MAX:
-        return session
-    return hashlib.sha256(session.encode()).hexdigest()
 
 
 def _subject_panoptes_id(item: Mapping[str, Any]) -> int:

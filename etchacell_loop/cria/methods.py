@@ -1,0 +1,231 @@
+"""Consensus methods: the volunteers' fills of one slice → a vote map and an area.
+
+Each method is one function with the :class:`ConsensusMethod` signature, registered by name in
+:data:`METHODS` and picked by ``consensus.method`` in the configuration:
+
+``cria``
+    The paper's rule: the fraction of drawers covering each pixel, kept where it reaches
+    ``agreement_fraction``. Every drawer counts the same (weights are used when given).
+``cria-robust``
+    Real crowds trace the nucleolus, a mitochondrion or scribbles; on a slice where fewer than half
+    of the votes cover the nucleus a plain vote collapses. This method first finds the drawing that
+    agrees best with all the others (the weighted IoU *medoid*), keeps the drawings that overlap it
+    (IoU ≥ ``gate_iou``), and votes among those, each weighted by its volunteer's pooled reliability.
+``staple``
+    STAPLE (Warfield et al. 2004): expectation-maximisation of each drawer's sensitivity and
+    specificity and of the hidden true area, with each volunteer's pooled record across other
+    slices as prior counts, so a prolific volunteer's habitual error is known before they draw.
+
+The confidence map is what the method thresholds: the (weighted) fraction of drawers for the vote
+methods, the posterior probability of "inside the nucleus" for STAPLE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from etchacell_loop.cria.raster import Mask, Patch
+from etchacell_loop.cria.reliability import ReliabilityParams, VolunteerRecord, reliability_weight
+
+FloatMap = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class MethodParams:
+    """The methods' parameters, declared as data beside them."""
+
+    agreement_fraction: float = 0.5
+    denominator: str = "drawers"  # or "classifications": abstainers count as "not here"
+    gate_iou: float = 0.5  # cria-robust: overlap with the medoid needed to take part in the vote
+    gate_stride_px: int = 4  # cria-robust: IoUs measured on every 4th pixel (16x less work, same answer)
+    staple_max_iterations: int = 30
+    staple_tolerance: float = 1e-3
+    staple_prior_slices: float = 5.0  # at most this many slices' worth of a volunteer's record as prior
+    staple_stride_px: int = 2  # EM on every 2nd pixel, the final posterior on every pixel
+    reliability: ReliabilityParams = field(default_factory=ReliabilityParams)
+
+
+@dataclass(frozen=True, eq=False)
+class Ballot:
+    """One drawer's fill on the slice and what is known of them from other slices."""
+
+    fill: Patch
+    record: VolunteerRecord | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Vote:
+    """A method's answer over the slice's region: confidence (0..1), area, and which drawers it used."""
+
+    confidence: FloatMap
+    area: Mask
+    included: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
+class Region:
+    """The bounding box of a slice's fills: no method needs to look outside it."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.bottom - self.top, self.right - self.left
+
+    def stack(self, ballots: Sequence[Ballot]) -> Mask:
+        """The fills as one (drawers, height, width) boolean array over the region."""
+        stack = np.zeros((len(ballots), *self.shape), dtype=np.bool_)
+        for index, ballot in enumerate(ballots):
+            fill = ballot.fill
+            if fill.mask.size:
+                stack[
+                    index, fill.top - self.top : fill.bottom - self.top, fill.left - self.left : fill.right - self.left
+                ] = fill.mask
+        return stack
+
+
+def region_of(ballots: Sequence[Ballot]) -> Region:
+    fills = [b.fill for b in ballots if b.fill.mask.size]
+    if not fills:
+        return Region(0, 0, 0, 0)
+    return Region(
+        min(f.top for f in fills), min(f.left for f in fills), max(f.bottom for f in fills), max(f.right for f in fills)
+    )
+
+
+ConsensusMethod = Callable[[Sequence[Ballot], int, Region, MethodParams], Vote]
+"""(ballots, number of classifications that drew nothing on the slice, region, params) → vote."""
+
+
+def plain_vote(ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams) -> Vote:
+    """The paper's CRIA vote (weighted by reliability only when records are given)."""
+    weights = np.array([_weight(b, params) for b in ballots], dtype=np.float32)
+    return _weighted_vote(region.stack(ballots), weights, np.ones(len(ballots), np.bool_), n_abstaining, params)
+
+
+def robust_vote(ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams) -> Vote:
+    """Vote among the drawings that overlap the medoid drawing, weighted by pooled reliability."""
+    stack = region.stack(ballots)
+    weights = np.array([_weight(b, params) for b in ballots], dtype=np.float32)
+    members = _medoid_cluster(stack, weights, params)
+    return _weighted_vote(stack, weights, members, n_abstaining, params)
+
+
+def staple(ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams) -> Vote:
+    """STAPLE with pooled records as prior counts; abstainers say nothing about where the area is."""
+    stack = region.stack(ballots)
+    if not len(ballots) or not stack.size:
+        return _empty_vote(region, len(ballots))
+    step = max(1, params.staple_stride_px)
+    sample = stack[:, ::step, ::step].reshape(len(ballots), -1).astype(np.float32)
+    posterior = sample.mean(axis=0)  # start from the plain vote
+    prior_p, prior_q, strength = _staple_priors(ballots, params)
+    p, q = prior_p.copy(), prior_q.copy()
+    for _ in range(params.staple_max_iterations):
+        inside, outside = float(posterior.sum()), float((1 - posterior).sum())
+        k_in, k_out = strength * max(inside, 1.0), strength * max(outside, 1.0)
+        p = (sample @ posterior + prior_p * k_in) / (inside + k_in)
+        q = ((1 - sample) @ (1 - posterior) + prior_q * k_out) / (outside + k_out)
+        p, q = np.clip(p, 1e-4, 1 - 1e-4), np.clip(q, 1e-4, 1 - 1e-4)
+        updated = _staple_posterior(sample, p, q, _prior_fraction(posterior))
+        change = float(np.abs(updated - posterior).max())
+        posterior = updated
+        if change < params.staple_tolerance:
+            break
+    full = stack.reshape(len(ballots), -1).astype(np.float32)
+    confidence = _staple_posterior(full, p, q, _prior_fraction(posterior)).reshape(region.shape)
+    return Vote(confidence, confidence >= 0.5, tuple(bool(x) for x in (p > 1 - q)))
+
+
+METHODS: Mapping[str, ConsensusMethod] = {"cria": plain_vote, "cria-robust": robust_vote, "staple": staple}
+
+
+def consensus_method(name: str) -> ConsensusMethod:
+    """The method registered as ``name``; the error lists the known names."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown consensus method {name!r}; known: {', '.join(sorted(METHODS))}") from None
+
+
+def _weight(ballot: Ballot, params: MethodParams) -> float:
+    return reliability_weight(ballot.record, params.reliability) if ballot.record is not None else 1.0
+
+
+def _weighted_vote(
+    stack: Mask, weights: NDArray[np.float32], members: NDArray[np.bool_], n_abstaining: int, params: MethodParams
+) -> Vote:
+    chosen = weights * members
+    total = float(chosen.sum())
+    if params.denominator == "classifications":
+        total += n_abstaining
+    shape = stack.shape[1:]
+    if total <= 0 or not stack.size:
+        return Vote(np.zeros(shape, np.float32), np.zeros(shape, np.bool_), tuple(bool(m) for m in members))
+    height = np.tensordot(chosen, stack, axes=1).astype(np.float32)
+    confidence = height / np.float32(total)
+    area = confidence >= params.agreement_fraction - 1e-6
+    return Vote(confidence, area, tuple(bool(m) for m in members))
+
+
+def _medoid_cluster(stack: Mask, weights: NDArray[np.float32], params: MethodParams) -> NDArray[np.bool_]:
+    """The drawings whose IoU with the medoid reaches ``gate_iou`` (the medoid included)."""
+    n = len(stack)
+    if n <= 2:
+        return np.ones(n, np.bool_)
+    step = max(1, params.gate_stride_px)
+    sample = stack[:, ::step, ::step].reshape(n, -1).astype(np.float32)
+    intersection = sample @ sample.T
+    areas = np.diag(intersection)
+    union = areas[:, None] + areas[None, :] - intersection
+    iou = np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+    np.fill_diagonal(iou, 0.0)
+    score = iou @ weights
+    medoid = int(np.argmax(score))
+    members = iou[medoid] >= params.gate_iou
+    members[medoid] = True
+    return np.asarray(members, dtype=np.bool_)
+
+
+def _staple_priors(
+    ballots: Sequence[Ballot], params: MethodParams
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    """Prior sensitivity, specificity and their strength (in slices like this one) per drawer.
+
+    A volunteer never seen before gets a weak prior of a fair tracer; a volunteer with a record gets
+    their pooled rates, worth as many slices as they drew on (at most ``staple_prior_slices``).
+    """
+    p = np.full(len(ballots), 0.9, np.float32)
+    q = np.full(len(ballots), 0.9, np.float32)
+    strength = np.full(len(ballots), 0.1, np.float32)
+    for index, ballot in enumerate(ballots):
+        record = ballot.record
+        if record is not None and record.slices:
+            p[index], q[index] = record.sensitivity, record.specificity
+            strength[index] = min(float(record.slices), params.staple_prior_slices)
+    return p, q, strength
+
+
+def _prior_fraction(posterior: NDArray[np.float32]) -> float:
+    return float(np.clip(posterior.mean(), 1e-3, 1 - 1e-3))
+
+
+def _staple_posterior(
+    sample: NDArray[np.float32], p: NDArray[np.float32], q: NDArray[np.float32], prior: float
+) -> NDArray[np.float32]:
+    present = np.log(p) - np.log(1 - q)  # evidence for "inside" when the drawer filled the pixel
+    absent = np.log(1 - p) - np.log(q)  # … and when they did not
+    logit = np.log(prior / (1 - prior)) + absent.sum() + (present - absent) @ sample
+    return np.asarray(1 / (1 + np.exp(-np.clip(logit, -60, 60))), dtype=np.float32)
+
+
+def _empty_vote(region: Region, n: int) -> Vote:
+    shape = region.shape
+    return Vote(np.zeros(shape, np.float32), np.zeros(shape, np.bool_), (True,) * n)
