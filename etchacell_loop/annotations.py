@@ -19,11 +19,11 @@ import hashlib
 import json
 import math
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -372,7 +372,7 @@ class RowProblem:
     message: str
 
 
-def read_export(source: Path | TextIO, workflow_id: int | None = None) -> Iterator[ExportRow | RowProblem]:
+def read_export(source: Path | Iterable[str], workflow_id: int | None = None) -> Iterator[ExportRow | RowProblem]:
     """Stream an export row by row (a 100,000-row export never sits in memory whole)."""
     if isinstance(source, Path):
         with source.open(newline="", encoding="utf-8") as handle:

@@ -98,17 +98,20 @@ class JobSettings(_Section):
 class ConsensusSettings(_Section):
     """CRIA parameters (paper sections 2.4 and 4.8)."""
 
-    method: str = "cria"
+    method: Literal["cria", "cria-robust", "staple"] = "cria"
     join_rule: Literal["greedy", "min-total"] = "greedy"
     agreement_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     denominator: Literal["drawers", "classifications"] = "drawers"
     envelope_width_nm: float = Field(default=70.0, gt=0.0)
+    gate_iou: float = Field(default=0.5, ge=0.0, le=1.0)
+    flag_below_dice: float = Field(default=0.5, ge=0.0, le=1.0)
+    flag_min_slices: int = Field(default=3, ge=1)
 
 
 class RetirementSettings(_Section):
     """When a subject's consensus counts as settled, instead of a fixed 30 classifications."""
 
-    policy: str = "stable-consensus"
+    policy: Literal["stable-consensus", "fixed-count"] = "stable-consensus"
     min_classifications: int = Field(default=8, ge=1)
     max_classifications: int = Field(default=30, ge=1)
     stability_dice: float = Field(default=0.95, gt=0.0, le=1.0)

@@ -51,6 +51,7 @@ class SubjectLayout:
     own_slice: SliceKey
     frame_slices: tuple[SliceKey, ...] | None = None  # None: only the target frame can be placed
     scaling_factor: float | None = None  # source pixels per subject pixel
+    source_pixel_nm: float | None = None  # "Raw XY resolution (nm)"
     problems: tuple[str, ...] = ()  # metadata that was present but unreadable
 
     def slice_of(self, frame: int) -> SliceKey | None:
@@ -58,6 +59,13 @@ class SubjectLayout:
         if self.frame_slices is not None and 0 <= frame < len(self.frame_slices):
             return self.frame_slices[frame]
         return self.own_slice if frame == self.target_frame else None
+
+    @property
+    def pixel_size_nm(self) -> float | None:
+        """The size of one subject pixel in the source volume, when the metadata says both parts."""
+        if self.source_pixel_nm is None or self.scaling_factor is None:
+            return None
+        return self.source_pixel_nm * self.scaling_factor
 
 
 def subject_layout(subject_id: int, metadata: Mapping[str, Any]) -> SubjectLayout:
@@ -70,6 +78,7 @@ def subject_layout(subject_id: int, metadata: Mapping[str, Any]) -> SubjectLayou
     z = _integer(metadata.get(SLICE_KEY), SLICE_KEY, problems)
     frame_z = _integer_list(metadata.get(FRAME_SLICES_KEY), problems)
     scaling = _positive_float(metadata.get(SCALING_KEY), SCALING_KEY, problems)
+    source_nm = _positive_float(metadata.get(XY_RESOLUTION_KEY), XY_RESOLUTION_KEY, problems)
     target_frame = target if target is not None and target >= 0 else 0
     if frame_z is not None and not 0 <= target_frame < len(frame_z):
         problems.append(f"{TARGET_FRAME_KEY} {target_frame} is outside {FRAME_SLICES_KEY} ({len(frame_z)} frames)")
@@ -78,12 +87,12 @@ def subject_layout(subject_id: int, metadata: Mapping[str, Any]) -> SubjectLayou
         problems.append(f"{SLICE_KEY} {z} disagrees with {FRAME_SLICES_KEY}[{target_frame}] = {frame_z[target_frame]}")
         frame_z = None
     if not roi_name or (z is None and frame_z is None):
-        return SubjectLayout(
-            subject_id, target_frame, SliceKey(f"subject:{subject_id}", 0), None, scaling, tuple(problems)
-        )
+        alone = SliceKey(f"subject:{subject_id}", 0)
+        return SubjectLayout(subject_id, target_frame, alone, None, scaling, source_nm, tuple(problems))
     own_z = z if z is not None else frame_z[target_frame]  # type: ignore[index]
     frames = tuple(SliceKey(roi_name, value) for value in frame_z) if frame_z is not None else None
-    return SubjectLayout(subject_id, target_frame, SliceKey(roi_name, own_z), frames, scaling, tuple(problems))
+    own = SliceKey(roi_name, own_z)
+    return SubjectLayout(subject_id, target_frame, own, frames, scaling, source_nm, tuple(problems))
 
 
 def layout_metadata(

@@ -10,7 +10,7 @@ import typer
 from rich.logging import RichHandler
 
 from etchacell_loop import __version__
-from etchacell_loop.cli import config_cmd, db_cmd, panoptes_cmd, query_cmd, sandbox_cmd
+from etchacell_loop.cli import aggregate_cmd, config_cmd, db_cmd, panoptes_cmd, query_cmd, sandbox_cmd
 from etchacell_loop.cli.context import CliState, err_console
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.add_typer(db_cmd.app, name="db")
 app.command("query")(query_cmd.query)
 app.add_typer(sandbox_cmd.app, name="sandbox")
 app.add_typer(panoptes_cmd.app, name="panoptes")
+app.command("aggregate")(aggregate_cmd.aggregate)
 
 
 def _version(value: bool) -> None:

@@ -24,10 +24,11 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from etchacell_loop.config import ConsensusSettings
 from etchacell_loop.cria.joining import Points, join_greedy, join_min_total
 from etchacell_loop.cria.methods import Ballot, MethodParams, Region, consensus_method, region_of
 from etchacell_loop.cria.raster import Mask, Patch, fill_patch
-from etchacell_loop.cria.reliability import VolunteerRecord
+from etchacell_loop.cria.reliability import ReliabilityParams, VolunteerRecord
 
 _T = TypeVar("_T", bound=np.generic)
 Denominator = Literal["drawers", "classifications"]
@@ -49,6 +50,22 @@ class CriaParams:
     envelope_width_nm: float = 70.0
     pixel_size_nm: float = 10.0  # of the grid the tracings are in
     methods: MethodParams = field(default_factory=MethodParams)
+
+    @classmethod
+    def from_settings(cls, settings: ConsensusSettings, pixel_size_nm: float) -> CriaParams:
+        """The parameters the ``consensus`` section of the configuration names."""
+        reliability = replace(
+            ReliabilityParams(), flag_below_dice=settings.flag_below_dice, flag_min_slices=settings.flag_min_slices
+        )
+        return cls(
+            method=settings.method,
+            join_rule=settings.join_rule,
+            agreement_fraction=settings.agreement_fraction,
+            denominator=settings.denominator,
+            envelope_width_nm=settings.envelope_width_nm,
+            pixel_size_nm=pixel_size_nm,
+            methods=MethodParams(gate_iou=settings.gate_iou, reliability=reliability),
+        )
 
     def method_params(self) -> MethodParams:
         return replace(self.methods, agreement_fraction=self.agreement_fraction, denominator=self.denominator)
@@ -153,14 +170,21 @@ def consensus_of_ballots(
 
 def envelope_band(area: Mask, width_px: float) -> Mask:
     """The area's outline drawn ``width_px`` wide (70 nm → 7 px at 10 nm): ⌈n/2⌉ pixels inside the
-    outline and ⌊n/2⌋ outside, so the band straddles the boundary the volunteers traced."""
+    outline and ⌊n/2⌋ outside, so the band straddles the boundary the volunteers traced. Computed
+    over the area's bounding box only (a nucleus is a fraction of the image)."""
     n = max(1, round(width_px))
     inside, outside = (n + 1) // 2, n // 2
-    if not area.any():
-        return np.zeros_like(area)
-    inner = ndimage.binary_erosion(area, _disk(inside), border_value=0)
-    outer = ndimage.binary_dilation(area, _disk(outside)) if outside else area
-    return np.asarray(outer & ~inner, dtype=np.bool_)
+    band = np.zeros_like(area)
+    rows, cols = np.flatnonzero(area.any(axis=1)), np.flatnonzero(area.any(axis=0))
+    if not rows.size:
+        return band
+    top, left = max(0, rows[0] - outside - 1), max(0, cols[0] - outside - 1)
+    bottom, right = min(area.shape[0], rows[-1] + outside + 2), min(area.shape[1], cols[-1] + outside + 2)
+    crop = area[top:bottom, left:right]
+    inner = ndimage.binary_erosion(crop, _disk(inside), border_value=0)
+    outer = ndimage.binary_dilation(crop, _disk(outside)) if outside else crop
+    band[top:bottom, left:right] = outer & ~inner
+    return band
 
 
 def dice(a: Mask, b: Mask) -> float:

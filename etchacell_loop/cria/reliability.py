@@ -34,6 +34,17 @@ class VolunteerRecord:
             self.tn + other.tn,
         )
 
+    def __sub__(self, other: VolunteerRecord) -> VolunteerRecord:
+        """This record without ``other`` (a volunteer's record elsewhere than on one slice)."""
+        return VolunteerRecord(
+            self.slices - other.slices,
+            self.dice_sum - other.dice_sum,
+            self.tp - other.tp,
+            self.fn - other.fn,
+            self.fp - other.fp,
+            self.tn - other.tn,
+        )
+
     @property
     def mean_dice(self) -> float:
         return self.dice_sum / self.slices if self.slices else float("nan")

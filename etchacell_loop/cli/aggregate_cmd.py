@@ -1,0 +1,119 @@
+"""``etchacell aggregate EXPORT.csv --out DIR``: every subject's consensus from a classification export."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from etchacell_loop.aggregate.run import DEFAULT_PIXEL_SIZE_NM, AggregateOptions, AggregateReport, aggregate_export
+from etchacell_loop.annotations import ExportFormatError
+from etchacell_loop.cli.context import CommandError, console, err_console, operator_errors, state
+from etchacell_loop.cria.consensus import CriaParams, JoinRule
+from etchacell_loop.cria.methods import METHODS
+
+PHASES = {"read": "reading classifications", "vote": "voting slices", "reweight": "re-voting with pooled agreement"}
+
+
+@operator_errors
+def aggregate(
+    ctx: typer.Context,
+    export: Annotated[Path, typer.Argument(help="classification export CSV (Zooniverse project → Data exports)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for masks/, envelope/, confidence/ and CSVs")],
+    workflow_id: Annotated[
+        int | None, typer.Option(help="aggregate this workflow (default: the first one in the export)")
+    ] = None,
+    pixel_size_nm: Annotated[
+        float | None,
+        typer.Option(help="size of one subject pixel [default: from subject metadata, else 20]"),
+    ] = None,
+    envelope_width_nm: Annotated[
+        float | None, typer.Option(help="width of the envelope band [default: consensus.envelope_width_nm]")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help=f"consensus method: {', '.join(METHODS)} [default: consensus.method]")
+    ] = None,
+    join_rule: Annotated[
+        str | None, typer.Option(help="stroke joining: greedy or min-total [default: consensus.join_rule]")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes [default: one per core; 0: none]")] = None,
+) -> None:
+    """Consensus area, envelope band and confidence map for every subject of an export."""
+    settings = state(ctx).settings.consensus
+    chosen_method = method or settings.method
+    if chosen_method not in METHODS:
+        raise CommandError(f"unknown consensus method {chosen_method!r}; known: {', '.join(METHODS)}")
+    rule = join_rule or settings.join_rule
+    if rule not in ("greedy", "min-total"):
+        raise CommandError(f"unknown join rule {rule!r}; known: greedy, min-total")
+    if not export.is_file():
+        raise CommandError(f"{export}: no such file")
+    params = replace(
+        CriaParams.from_settings(settings, pixel_size_nm=DEFAULT_PIXEL_SIZE_NM),
+        method=chosen_method,
+        join_rule=_join_rule(rule),
+        envelope_width_nm=envelope_width_nm or settings.envelope_width_nm,
+    )
+    options = AggregateOptions(params=params, workflow_id=workflow_id, pixel_size_nm=pixel_size_nm, workers=workers)
+    try:
+        with _ProgressBars() as bars:
+            report = aggregate_export(export, out, options, bars.update)
+    except ExportFormatError as exc:
+        raise CommandError(f"{export}: {exc}") from None
+    _print_report(report)
+
+
+def _join_rule(name: str) -> JoinRule:
+    return "min-total" if name == "min-total" else "greedy"
+
+
+class _ProgressBars:
+    """One bar per phase, on stderr (stdout stays for the report)."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description:<32}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _ProgressBars:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, phase: str, done: float, total: float | None) -> None:
+        if phase not in self._tasks:
+            self._tasks[phase] = self._progress.add_task(PHASES.get(phase, phase), total=total)
+        self._progress.update(self._tasks[phase], completed=done, total=total)
+
+
+def _print_report(report: AggregateReport) -> None:
+    statuses = ", ".join(f"{count} {status}" for status, count in sorted(report.statuses.items()))
+    console.print(f"workflow {report.workflow_id}: {report.rows} classifications ({statuses}; {report.empty} empty)")
+    if report.row_problems:
+        console.print(f"[yellow]{report.row_problems} unreadable row(s) skipped[/] (see issues.csv)")
+    for workflow, count in sorted(report.other_workflow_rows.items()):
+        console.print(f"[yellow]{count} row(s) of workflow {workflow} skipped[/] (choose with --workflow-id)")
+    console.print(f"{report.subjects} subjects, {report.slices} slices voted, {report.reweighted_slices} re-voted")
+    if report.unplaced_marks:
+        console.print(
+            f"[yellow]{report.unplaced_marks} mark(s) on frames whose slice the subject metadata does not name[/]"
+        )
+    if report.orphan_drawings:
+        console.print(f"{report.orphan_drawings} drawing(s) on slices no subject of this export shows as its own")
+    if report.subjects_without_size:
+        console.print(f"[yellow]{report.subjects_without_size} subject(s) without an image size[/] (see summary.csv)")
+    console.print(f"{report.volunteers} volunteers, {report.flagged_volunteers} flagged (see volunteers.csv)")
+    timing = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in report.seconds.items())
+    console.print(f"wrote {report.out_dir} ({timing})")
