@@ -76,7 +76,7 @@ class SliceDrawings:
     key: SliceKey
     shape: Size
     drawings: list[Drawing]
-    n_classifications: int  # classifications of the subjects whose own slice this is
+    n_classifications: int  # volunteers who were shown the slice: its subjects' classifiers and every drawer
     subject_ids: tuple[int, ...]  # those subjects
 
 
@@ -86,14 +86,14 @@ class SliceAssembler:
 
     fallback_size: Size | None = None
     _contributions: dict[SliceKey, dict[str, _Contribution]] = field(default_factory=lambda: defaultdict(dict))
-    _shown: Counter[SliceKey] = field(default_factory=Counter)
+    _shown: dict[SliceKey, set[str]] = field(default_factory=lambda: defaultdict(set))
     _subjects: dict[SliceKey, set[int]] = field(default_factory=lambda: defaultdict(set))
     _own_sizes: dict[SliceKey, Counter[Size]] = field(default_factory=lambda: defaultdict(Counter))
 
     def add(self, volunteer: str, classification_id: int, layout: SubjectLayout, placement: Placement) -> None:
         """Record one classification of the subject ``layout`` describes."""
         own = layout.own_slice
-        self._shown[own] += 1
+        self._shown[own].add(volunteer)
         self._subjects[own].add(layout.subject_id)
         if placement.own_size is not None:
             self._own_sizes[own][placement.own_size] += 1
@@ -127,7 +127,8 @@ class SliceAssembler:
             Drawing(volunteer, c.classification_id, _rescaled(c.strokes, c.size, shape))
             for volunteer, c in sorted(contributions.items(), key=lambda item: item[1].classification_id)
         ]
-        return SliceDrawings(key, shape, drawings, self._shown[key], tuple(sorted(self._subjects[key])))
+        shown = len(self._shown.get(key, set()) | set(contributions))
+        return SliceDrawings(key, shape, drawings, shown, tuple(sorted(self._subjects[key])))
 
 
 def _slice_shape(contributions: Sequence[_Contribution]) -> Size | None:
