@@ -98,7 +98,7 @@ class JobSettings(_Section):
 class ConsensusSettings(_Section):
     """CRIA parameters (paper sections 2.4 and 4.8)."""
 
-    method: Literal["cria", "cria-robust", "staple"] = "cria"
+    method: Literal["cria", "cria-robust", "staple"] = "cria-robust"
     join_rule: Literal["greedy", "min-total"] = "greedy"
     agreement_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     denominator: Literal["drawers", "classifications"] = "drawers"

@@ -14,10 +14,11 @@ Pure functions over mappings: no database, no network.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from etchacell_loop import jsontext
 
 IMAGE_KEY = "Image {index}"  # "Image 0" … "Image 4": the frames' file names, in frame order
 XY_RESOLUTION_KEY = "Raw XY resolution (nm)"
@@ -114,7 +115,7 @@ def export_subject_metadata(subject_data: str | Mapping[str, Any], subject_id: i
     """One subject's metadata from an export's ``subject_data`` column (``{"<id>": {…}}``);
     empty when the column is missing or unreadable (the subject then is its own slice)."""
     try:
-        data = json.loads(subject_data) if isinstance(subject_data, str) else subject_data
+        data = jsontext.loads(subject_data) if isinstance(subject_data, str) else subject_data
     except ValueError:
         return {}
     if not isinstance(data, Mapping):
@@ -169,6 +170,6 @@ def _positive_float(value: Any, key: str, problems: list[str]) -> float | None:
 
 def _json_or_none(text: str) -> Any:
     try:
-        return json.loads(text)
+        return jsontext.loads(text)
     except ValueError:
         return None

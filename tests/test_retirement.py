@@ -43,4 +43,4 @@ def test_rule_from_configuration() -> None:
     allowed = RetirementSettings.model_fields["policy"].annotation.__args__  # type: ignore[union-attr]
     assert set(allowed) == set(RULES)
     with pytest.raises(ValueError, match="stable-consensus"):
-        RetirementSettings(policy="sometimes")  # type: ignore[arg-type]
+        RetirementSettings(policy="sometimes")

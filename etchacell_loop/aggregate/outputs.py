@@ -5,25 +5,28 @@
 frame; ``summary.csv`` (one row per subject), ``volunteers.csv`` (pooled agreement per volunteer),
 ``issues.csv`` (every classification or row that was not read cleanly, and why).
 
-PNGs are written with light compression: binary masks compress well at any level, and the
-aggregation of a large export should not spend its time in zlib.
+PNGs are 8-bit greyscale, written by :func:`encode_gray_png`: no row filter, zlib level 1 with the
+run-length strategy. Masks and vote maps are long runs of equal values, so the files stay small, and
+encoding costs half of what Pillow's adaptive filtering does (Pillow spends 3 ms on an all-black
+1000x1000 image) — for a paper-sized export, three images for each of four thousand subjects.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import struct
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
 from etchacell_loop.cria.consensus import Consensus
 
-PNG_COMPRESS_LEVEL = 1
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OUTPUT_FOLDERS = ("masks", "envelope", "confidence")
 
 
@@ -64,14 +67,13 @@ def prepare_folders(out_dir: Path) -> None:
 
 
 def write_subject_images(out_dir: Path, subject_id: int, consensus: Consensus) -> None:
-    """The three images of one subject, each written whole or not at all (temp file + rename)."""
-    confidence = np.clip(np.rint(consensus.confidence * 255), 0, 255).astype(np.uint8)
-    for folder, image in (
-        ("masks", _binary(consensus.area)),
-        ("envelope", _binary(consensus.band)),
-        ("confidence", confidence),
-    ):
-        _write_png(out_dir / folder / f"{subject_id}.png", image)
+    """The three images of one subject. Written in place (a rename per image costs as much as
+    encoding it): ``summary.csv`` is written last and atomically, so a run's images are complete when
+    its summary exists."""
+    confidence = (consensus.confidence * np.float32(255) + np.float32(0.5)).astype(np.uint8)  # 0..1 → 0..255
+    _write_png(out_dir / "masks" / f"{subject_id}.png", _binary(consensus.area))
+    _write_png(out_dir / "envelope" / f"{subject_id}.png", _binary(consensus.band))
+    _write_png(out_dir / "confidence" / f"{subject_id}.png", confidence)
 
 
 def write_csv(path: Path, rows: Iterable[object], columns: Sequence[str]) -> None:
@@ -90,13 +92,26 @@ def columns_of(cls: type) -> list[str]:
 
 
 def _binary(mask: NDArray[np.bool_]) -> NDArray[np.uint8]:
-    return np.where(mask, np.uint8(255), np.uint8(0))
+    return mask.view(np.uint8) * np.uint8(255)
 
 
 def _write_png(path: Path, image: NDArray[np.uint8]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    Image.fromarray(image, mode="L").save(partial, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    os.replace(partial, path)
+    path.write_bytes(encode_gray_png(image))
+
+
+def encode_gray_png(image: NDArray[np.uint8]) -> bytes:
+    """An 8-bit greyscale PNG of ``image`` (height, width), as any PNG reader decodes it."""
+    height, width = image.shape
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # each row: filter type 0, then its pixels
+    rows[:, 1:] = image
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    pixels = compressor.compress(rows.data) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", pixels) + _chunk(b"IEND", b"")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def _cell(value: object) -> object:

@@ -7,13 +7,13 @@ precision kept, half the memory of float64), routed to the slices their frames s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from etchacell_loop import jsontext
 from etchacell_loop.annotations import (
     ExportRow,
     IssueCode,
@@ -80,7 +80,7 @@ def read_row(row: ExportRow, limits: ParseLimits) -> ReadRow:
 
 def _json_mapping(text: str) -> Mapping[str, Any] | None:
     try:
-        value = json.loads(text)
+        value = jsontext.loads(text)
     except ValueError:
         return None
     return value if isinstance(value, Mapping) else None

@@ -5,9 +5,10 @@
 2. **Vote.** Every slice that is some subject's own slice gets its consensus (workers write the
    subject's images themselves, so only small summaries travel back).
 3. **Pool and vote again** (``cria-robust`` and ``staple``): each volunteer's agreement is summed
-   across every slice they drew on; slices with a drawer whose record elsewhere says "unreliable"
-   are voted again with those records (each drawer's record without the slice itself, so a
-   drawing is never judged by its own agreement). Other slices keep their first answer: weighting
+   across every slice they drew on; a slice is voted again, with every drawer's record (without the
+   slice itself, so a drawing is never judged by its own agreement), when a drawer whose record
+   elsewhere says "unreliable" had a say in its first answer. Elsewhere the first answer stands:
+   a drawing the robust vote already left out cannot change it by weighing less, and weighting
    volunteers who agree well elsewhere by their small differences changes nothing that matters.
 
 Nothing here raises on bad content: unreadable rows and classifications are counted and written to
@@ -115,10 +116,12 @@ class _SliceResult:
 def aggregate_export(
     export: Path, out_dir: Path, options: AggregateOptions | None = None, progress: Progress | None = None
 ) -> AggregateReport:
-    """Aggregate ``export`` into ``out_dir`` (created; files of an earlier run are replaced)."""
+    """Aggregate ``export`` into ``out_dir`` (created; files of an earlier run are replaced). The
+    summary is removed first and written last: its presence says the run finished."""
     options = options or AggregateOptions()
     report = AggregateReport(out_dir)
     prepare_folders(out_dir)
+    (out_dir / "summary.csv").unlink(missing_ok=True)
     workers = options.workers if options.workers is not None else (os.cpu_count() or 1)
     pool: Executor | None = ProcessPoolExecutor(max_workers=workers) if workers > 0 else None
     try:
@@ -229,10 +232,17 @@ def _revote(
     progress: Progress | None,
 ) -> dict[SliceKey, _SliceResult]:
     reliability = options.params.methods.reliability
+    every_drawer_counts = options.params.method == "staple"  # STAPLE weighs everyone, excluded or not
     tasks = []
     for key, result in results.items():
         elsewhere = {o.volunteer: records[o.volunteer] - o.record() for o in result.outcomes}
-        if not any(reliability_weight(r, reliability) < options.reweight_below for r in elsewhere.values()):
+        doubtful = [
+            o
+            for o in result.outcomes
+            if (o.included or every_drawer_counts)
+            and reliability_weight(elsewhere[o.volunteer], reliability) < options.reweight_below
+        ]
+        if not doubtful:
             continue
         task = _task(assembler, key, pixel_nm, options, out_dir, elsewhere)
         if task is not None:
@@ -309,9 +319,9 @@ def _finish(
         for volunteer, record in sorted(records.items())
     ]
     out = report.out_dir
-    write_csv(out / "summary.csv", summaries, columns_of(SubjectSummary))
     write_csv(out / "volunteers.csv", volunteers, columns_of(VolunteerSummary))
     write_csv(out / "issues.csv", [_IssueRow(*i) for i in issues], columns_of(_IssueRow))
+    write_csv(out / "summary.csv", summaries, columns_of(SubjectSummary))  # last: the run is complete
     report.subjects = len(summaries)
     report.slices = len(results)
     report.subjects_without_size = sum(1 for s in summaries if "no image size" in s.problems)

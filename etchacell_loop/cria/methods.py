@@ -79,16 +79,28 @@ class Region:
     def shape(self) -> tuple[int, int]:
         return self.bottom - self.top, self.right - self.left
 
-    def stack(self, ballots: Sequence[Ballot]) -> Mask:
-        """The fills as one (drawers, height, width) boolean array over the region."""
-        stack = np.zeros((len(ballots), *self.shape), dtype=np.bool_)
+    def stack(self, ballots: Sequence[Ballot], step: int = 1) -> Mask:
+        """The fills as one (drawers, height, width) boolean array over the region, on every
+        ``step``-th row and column of it (a coarse stack costs ``step``² less to build and use)."""
+        height, width = -(-self.shape[0] // step), -(-self.shape[1] // step)
+        stack = np.zeros((len(ballots), height, width), dtype=np.bool_)
         for index, ballot in enumerate(ballots):
             fill = ballot.fill
-            if fill.mask.size:
-                stack[
-                    index, fill.top - self.top : fill.bottom - self.top, fill.left - self.left : fill.right - self.left
-                ] = fill.mask
+            if not fill.mask.size:
+                continue
+            top, left = fill.top - self.top, fill.left - self.left
+            first_row, first_col = -top % step, -left % step  # the fill's first row and column on the grid
+            sampled = fill.mask[first_row::step, first_col::step]
+            row, col = (top + first_row) // step, (left + first_col) // step
+            stack[index, row : row + sampled.shape[0], col : col + sampled.shape[1]] = sampled
         return stack
+
+    def within(self, outer: Region) -> tuple[slice, slice]:
+        """Where this region lies inside ``outer``, as array slices."""
+        return (
+            slice(self.top - outer.top, self.bottom - outer.top),
+            slice(self.left - outer.left, self.right - outer.left),
+        )
 
 
 def region_of(ballots: Sequence[Ballot]) -> Region:
@@ -111,11 +123,19 @@ def plain_vote(ballots: Sequence[Ballot], n_abstaining: int, region: Region, par
 
 
 def robust_vote(ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams) -> Vote:
-    """Vote among the drawings that overlap the medoid drawing, weighted by pooled reliability."""
-    stack = region.stack(ballots)
+    """Vote among the drawings that overlap the medoid drawing, weighted by pooled reliability.
+    The gate looks at a coarse stack; the vote stacks only the members, over their own box."""
     weights = np.array([_weight(b, params) for b in ballots], dtype=np.float32)
-    members = _medoid_cluster(stack, weights, params)
-    return _weighted_vote(stack, weights, members, n_abstaining, params)
+    members = _medoid_cluster(region.stack(ballots, max(1, params.gate_stride_px)), weights, params)
+    chosen = [b for b, member in zip(ballots, members, strict=True) if member]
+    inner = region_of(chosen)
+    vote = _weighted_vote(inner.stack(chosen), weights[members], np.ones(len(chosen), np.bool_), n_abstaining, params)
+    confidence = np.zeros(region.shape, np.float32)
+    area = np.zeros(region.shape, np.bool_)
+    if vote.confidence.size:
+        rows, cols = inner.within(region)
+        confidence[rows, cols], area[rows, cols] = vote.confidence, vote.area
+    return Vote(confidence, area, tuple(bool(m) for m in members))
 
 
 def staple(ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams) -> Vote:
@@ -124,8 +144,7 @@ def staple(ballots: Sequence[Ballot], n_abstaining: int, region: Region, params:
     stack = region.stack(ballots)
     if not len(ballots) or not stack.size:
         return _empty_vote(region, len(ballots))
-    step = max(1, params.staple_stride_px)
-    sample = stack[:, ::step, ::step].reshape(len(ballots), -1).astype(np.float32)
+    sample = region.stack(ballots, max(1, params.staple_stride_px)).reshape(len(ballots), -1).astype(np.float32)
     posterior = sample.mean(axis=0)  # start from the plain vote
     prior_p, prior_q, strength = _staple_priors(ballots, params)
     p, q = prior_p.copy(), prior_q.copy()
@@ -197,13 +216,14 @@ def weighted_count(stack: Mask, weights: NDArray[np.float32]) -> FloatMap:
     return np.asarray(height, np.float32) / np.float32(WEIGHT_STEPS)
 
 
-def _medoid_cluster(stack: Mask, weights: NDArray[np.float32], params: MethodParams) -> NDArray[np.bool_]:
-    """The drawings whose IoU with the medoid reaches ``gate_iou`` (the medoid included)."""
+def _medoid_cluster(coarse: Mask, weights: NDArray[np.float32], params: MethodParams) -> NDArray[np.bool_]:
+    """The drawings whose IoU with the medoid reaches ``gate_iou`` (the medoid included), measured on
+    a coarse stack of the fills."""
+    stack = coarse
     n = len(stack)
     if n <= 2:
         return np.ones(n, np.bool_)
-    step = max(1, params.gate_stride_px)
-    iou = pairwise_iou(stack[:, ::step, ::step].reshape(n, -1))
+    iou = pairwise_iou(stack.reshape(n, -1))
     np.fill_diagonal(iou, 0.0)
     score = (iou * weights[None, :]).sum(axis=1)
     medoid = int(np.argmax(score))

@@ -63,8 +63,8 @@ def decimate(loop: Points, tolerance_px: float = FILL_TOLERANCE_PX, passes: int 
     for _ in range(passes):
         if len(points) <= 8:
             break
-        before, after = np.roll(points, 1, axis=0), np.roll(points, -1, axis=0)
-        chord = after - before
+        before = np.concatenate((points[-1:], points[:-1]))
+        chord = np.concatenate((points[1:], points[:1])) - before
         offset = points - before
         cross = np.abs(chord[:, 0] * offset[:, 1] - chord[:, 1] * offset[:, 0])
         removable = cross <= tolerance_px * np.hypot(chord[:, 0], chord[:, 1])

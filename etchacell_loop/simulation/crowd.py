@@ -3,7 +3,7 @@
 Each volunteer keeps one behaviour (the kinds in the paper's Figure 2 and in live crowds) and a few
 personal constants (how fast the mouse samples, how steady the hand, which side of the envelope an
 offset volunteer follows). :func:`trace` turns a flipbook's truth into the strokes the volunteer's
-mouse would record: float pixel coordinates every 2–3 px along the path, clipped to the image.
+mouse would record: float pixel coordinates about every 2 px along the path, clipped to the image.
 
 :class:`CrowdMix` says who is in the crowd: the share of each behaviour among ordinary volunteers,
 whose effort is heavy-tailed as on Zooniverse, and a few prolific volunteers who do a large share of
@@ -31,9 +31,9 @@ FloatArray = NDArray[np.float64]
 
 class Behaviour(enum.StrEnum):
     CAREFUL = "careful"  # follows the envelope within a pixel or two, one stroke per loop, closes it
-    SLOPPY = "sloppy"  # smooth wobble of 5–10 px, overshoots or stops short of the start
+    SLOPPY = "sloppy"  # smooth wobble of 5-10 px, overshoots or stops short of the start
     PARTIAL = "partial"  # several strokes with gaps, any direction; sometimes a chunk is missing
-    OFFSET = "offset"  # follows the inner or outer membrane: a steady offset of 2–6 px
+    OFFSET = "offset"  # follows the inner or outer membrane: a steady offset of 2-6 px
     NUCLEOLUS = "nucleolus"  # traces the nucleolus instead
     FALSE_POSITIVE = "false_positive"  # traces a mitochondrion or another organelle instead
     GRAFFITI = "graffiti"  # random scribbles
@@ -49,7 +49,7 @@ class Volunteer:
     """One volunteer: who they are on Zooniverse and how they trace.
 
     ``key`` is the export's ``user_name`` (``not-logged-in-<ip_token>`` when anonymous);
-    ``offset_px`` is signed, positive outside the nucleus; ``direction`` is +1 or −1, the way round
+    ``offset_px`` is signed, positive outside the nucleus; ``direction`` is +1 or -1, the way round
     the volunteer habitually draws.
     """
 
@@ -99,7 +99,7 @@ def make_volunteer(
         behaviour=behaviour,
         user_id=user_id,
         ip_token=ip_token,
-        spacing_px=rng.uniform(1.6, 2.6),
+        spacing_px=rng.uniform(1.5, 2.5),
         jitter_px=rng.uniform(0.6, 1.4) if steady else rng.uniform(1.2, 2.5),
         wobble_px=rng.uniform(5.0, 10.0) if behaviour is Behaviour.SLOPPY else 0.0,
         offset_px=float(rng.choice([-1.0, 1.0])) * rng.uniform(2.0, 6.0) if behaviour is Behaviour.OFFSET else 0.0,
@@ -165,7 +165,7 @@ class CrowdMix:
 
     fractions: Mapping[Behaviour, float] = field(default_factory=paper_fractions)
     prolific_behaviours: tuple[Behaviour, ...] = PROLIFIC_BEHAVIOURS
-    prolific_share: float = 0.1
+    prolific_share: float = 0.08
     logged_in_fraction: float = 0.65
     mean_classifications: float = 6.0
 
@@ -239,7 +239,9 @@ def assign_crowd(mix: CrowdMix, counts: Sequence[int] | NDArray[np.intp], rng: n
     subjects: list[NDArray[np.intp]] = []
     owners: list[NDArray[np.intp]] = []
     names = _NameMaker(rng)
-    for behaviour, quota in zip(mix.prolific_behaviours, _prolific_quotas(mix, int(capacity.sum())), strict=True):
+    for behaviour, quota in zip(
+        mix.prolific_behaviours, _prolific_quotas(mix, int(capacity.sum()), capacity.size), strict=True
+    ):
         chosen = _choose_subjects(capacity, quota, rng)
         index = len(volunteers)
         volunteers.append(names.volunteer(behaviour, logged_in=True, prolific=True))
@@ -247,10 +249,9 @@ def assign_crowd(mix: CrowdMix, counts: Sequence[int] | NDArray[np.intp], rng: n
         owners.append(np.full(chosen.size, index, dtype=np.intp))
     behaviours = [b for b, share in mix.fractions.items() if share > 0]
     shares = np.array([mix.fractions[b] for b in behaviours], dtype=np.float64)
-    for effort in _ordinary_efforts(mix, capacity, rng):
-        chosen = _choose_subjects(capacity, int(effort), rng)
-        if chosen.size == 0:
-            continue
+    efforts = iter(_ordinary_efforts(mix, int(capacity.sum()), capacity.size, rng))
+    while capacity.any():  # efforts run out early only if a busy volunteer found too few unseen subjects
+        chosen = _choose_subjects(capacity, next(efforts, 1), rng)
         behaviour = behaviours[int(rng.choice(len(behaviours), p=shares / shares.sum()))]
         index = len(volunteers)
         volunteers.append(names.volunteer(behaviour, logged_in=rng.random() < mix.logged_in_fraction))
@@ -264,21 +265,28 @@ def assign_crowd(mix: CrowdMix, counts: Sequence[int] | NDArray[np.intp], rng: n
     )
 
 
-def _prolific_quotas(mix: CrowdMix, total: int) -> list[int]:
+def _prolific_quotas(mix: CrowdMix, total: int, n_subjects: int) -> list[int]:
     """The prolific volunteers' shares, each about three quarters of the one before (effort on
-    Zooniverse falls off steeply even among the most active)."""
+    Zooniverse falls off steeply even among the most active). Nobody can do more than one
+    classification per subject; what a capped volunteer cannot take passes to the others."""
     count = len(mix.prolific_behaviours)
     if count == 0:
         return []
     weights = 0.75 ** np.arange(count)
-    return [int(q) for q in np.round(weights / weights.sum() * mix.prolific_share * total)]
+    quotas = weights / weights.sum() * mix.prolific_share * total
+    for _ in range(count):
+        capped = quotas >= n_subjects
+        excess = float((quotas[capped] - n_subjects).sum())
+        quotas[capped] = n_subjects
+        if excess <= 0 or capped.all():
+            break
+        quotas[~capped] += excess * weights[~capped] / weights[~capped].sum()
+    return [int(q) for q in np.round(np.minimum(quotas, n_subjects))]
 
 
-def _ordinary_efforts(mix: CrowdMix, capacity: NDArray[np.intp], rng: np.random.Generator) -> list[int]:
+def _ordinary_efforts(mix: CrowdMix, remaining: int, n_subjects: int, rng: np.random.Generator) -> list[int]:
     """Classifications per ordinary volunteer, lognormal (most do a handful, a few do hundreds),
-    busiest first, summing to what the subjects still need; one-off volunteers fill any remainder."""
-    remaining = int(capacity.sum())
-    n_subjects = capacity.size
+    busiest first, summing to ``remaining``."""
     sigma = 1.1
     mu = math.log(max(mix.mean_classifications - 0.5, 0.6)) - sigma**2 / 2
     efforts: list[int] = []
@@ -291,7 +299,7 @@ def _ordinary_efforts(mix: CrowdMix, capacity: NDArray[np.intp], rng: np.random.
             if remaining == 0:
                 break
     efforts.sort(reverse=True)
-    return efforts + [1] * int(capacity.sum() - sum(efforts))  # nothing is left over unless capacity ran short
+    return efforts
 
 
 def _choose_subjects(capacity: NDArray[np.intp], wanted: int, rng: np.random.Generator) -> NDArray[np.intp]:
@@ -395,7 +403,7 @@ def _walk(
     rng: np.random.Generator,
     wobble_correlation_px: float = 80.0,
 ) -> Points:
-    """The mouse recording along ``length_px`` of the outline from ``start_px``: samples every 2–3 px
+    """The mouse recording along ``length_px`` of the outline from ``start_px``: samples about every 2 px
     with the hand's speed varying, pushed off the outline by the volunteer's offset, wobble and jitter."""
     spacing = volunteer.spacing_px
     estimate = int(length_px / spacing * 1.5) + 4

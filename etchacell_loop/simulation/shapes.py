@@ -5,7 +5,7 @@ integer coordinates, as :mod:`etchacell_loop.cria.raster` fills them; z is a sli
 apart), and a region of interest spans one nucleus, so its stack's first and last slices are the caps.
 
 The nucleus is the union of star-shaped blobs. The body's outline in slice z is the radius function
-``r(θ, z) = R · profile(z) · (1 + Σ a_k(z) cos(kθ + φ_k(z))) − notches`` (low-order Fourier terms that
+``r(θ, z) = R · profile(z) · (1 + Σ a_k(z) cos(kθ + φ_k(z))) - notches`` (low-order Fourier terms that
 drift along z, times a flattened-ellipsoid profile, less smooth notches: the invaginations that make
 real envelopes concave). Two or three small lobes bulge above the body's top and below its bottom, so a
 slice near a cap cuts only the lobes and shows several islands, as slices through a lobed nucleus do.
@@ -62,7 +62,7 @@ class Notch:
 @dataclass(frozen=True)
 class Blob:
     """A star-shaped 3-D blob centred on (``centre_x_px``, ``centre_y_px``), present in slices
-    ``z_centre ± z_half_height``; its radius follows the profile ``(1 − |u|^flatness)^(1/flatness)``
+    ``z_centre ± z_half_height``; its radius follows the profile ``(1 - |u|^flatness)^(1/flatness)``
     of the normalised height u (2 is an ellipsoid, larger is flatter with steeper caps)."""
 
     centre_x_px: float
@@ -95,7 +95,7 @@ class Blob:
             strength = notch.depth * math.exp(-0.5 * ((z - notch.z_centre) / notch.z_spread) ** 2)
             offset = np.angle(np.exp(1j * (theta - notch.angle_rad)))  # wrapped to (-π, π]
             radius *= 1.0 - strength * np.exp(-0.5 * (offset / notch.width_rad) ** 2)
-        return np.maximum(radius, 0.0)
+        return np.asarray(np.maximum(radius, 0.0), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ def nucleus_stack(
 
 
 def draw_nucleus(rng: np.random.Generator, n_slices: int, shape_px: tuple[int, int] = (1000, 1000)) -> NucleusModel:
-    """A random nucleus spanning the stack (caps on its first and last slices), 400–540 px across at
+    """A random nucleus spanning the stack (caps on its first and last slices), 430-570 px across at
     its widest on a 1000 px image, with its nucleolus and three to eight organelles."""
     if n_slices < 1:
         raise ValueError(f"a stack needs at least one slice, not {n_slices}")
@@ -237,7 +237,7 @@ def draw_nucleus(rng: np.random.Generator, n_slices: int, shape_px: tuple[int, i
     centre_x = width / 2 + rng.uniform(-20, 20) * scale
     centre_y = height / 2 + rng.uniform(-20, 20) * scale
     z_centre, half_height = (n_slices - 1) / 2, max(n_slices / 2, 1.0)
-    radius = rng.uniform(200, 270) * scale
+    radius = rng.uniform(215, 285) * scale
     body = Blob(
         centre_x,
         centre_y,
@@ -257,7 +257,7 @@ def draw_nucleus(rng: np.random.Generator, n_slices: int, shape_px: tuple[int, i
 def outlines(mask: Mask, min_area_px: float = 0.0) -> list[Points]:
     """Each loop of the region's boundary as an (n, 2) x, y array (first point not repeated): one per
     island, plus one per hole. Loops run with the region on a consistent side: islands have negative
-    shoelace area ``½Σ(x_i·y_{i+1} − x_{i+1}·y_i)`` and holes positive, so ``(−dy, dx)`` along a loop
+    shoelace area ``½Σ(x_i·y_{i+1} - x_{i+1}·y_i)`` and holes positive, so ``(-dy, dx)`` along a loop
     always points out of the region. Loops enclosing less than ``min_area_px`` are left out."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
@@ -267,7 +267,7 @@ def outlines(mask: Mask, min_area_px: float = 0.0) -> list[Points]:
     crop = np.pad(mask[r0:r1, c0:c1], 1).astype(np.float32)
     height, width = mask.shape
     loops: list[Points] = []
-    for contour in find_contours(crop, 0.5, positive_orientation="high"):
+    for contour in find_contours(crop, 0.5, positive_orientation="high"):  # type: ignore[no-untyped-call]
         points = np.column_stack([contour[:, 1] + (c0 - 1), contour[:, 0] + (r0 - 1)])
         if len(points) > 1 and np.array_equal(points[0], points[-1]):
             points = points[:-1]
@@ -311,7 +311,7 @@ def _notches(rng: np.random.Generator, z_centre: float, half_height: float) -> t
     return tuple(
         Notch(
             angle_rad=rng.uniform(-math.pi, math.pi),
-            depth=rng.uniform(0.15, 0.4),
+            depth=rng.uniform(0.25, 0.55),
             width_rad=rng.uniform(0.12, 0.3),
             z_centre=z_centre + rng.uniform(-0.4, 0.4) * half_height,
             z_spread=rng.uniform(0.2, 0.45) * half_height,
@@ -321,7 +321,7 @@ def _notches(rng: np.random.Generator, z_centre: float, half_height: float) -> t
 
 
 def _cap_lobes(rng: np.random.Generator, body: Blob, half_height: float, side: int) -> list[Blob]:
-    """Two or three lobes reaching past the body's top (side +1) or bottom (−1): near that cap only
+    """Two or three lobes reaching past the body's top (side +1) or bottom (-1): near that cap only
     they are cut, far enough apart to be separate islands."""
     count = int(rng.integers(2, 4))
     start = rng.uniform(0, 2 * math.pi)
@@ -427,7 +427,7 @@ def _fits(
 
 
 def _bin_angles() -> NDArray[np.float64]:
-    return -math.pi + (np.arange(ANGLE_BINS) + 0.5) * (2 * math.pi / ANGLE_BINS)
+    return np.asarray(-math.pi + (np.arange(ANGLE_BINS) + 0.5) * (2 * math.pi / ANGLE_BINS), dtype=np.float64)
 
 
 def _polar_grid(blob: Blob, shape_px: tuple[int, int]) -> _PolarGrid:

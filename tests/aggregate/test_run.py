@@ -147,8 +147,10 @@ def test_bad_rows_are_reported_and_the_rest_aggregated(tmp_path: Path) -> None:
     assert any("not valid JSON" in r["reasons"] for r in issues)
 
 
-@pytest.mark.parametrize("method", ["cria-robust", "staple"])
-def test_reweighting_methods_write_pooled_volunteer_records(tmp_path: Path, method: str) -> None:
+@pytest.mark.parametrize(("method", "revoted"), [("cria-robust", 0), ("staple", 6)])
+def test_reweighting_methods_write_pooled_volunteer_records(tmp_path: Path, method: str, revoted: int) -> None:
+    """The habitual blob-tracer is flagged by both; the robust vote had already left their blobs out
+    (nothing to re-vote), STAPLE weighed them and weighs them again with their record."""
     export = ExportWriter()
     for subject in range(1, 7):  # one habitual volunteer traces a small blob on every subject
         for i in range(3):
@@ -159,7 +161,7 @@ def test_reweighting_methods_write_pooled_volunteer_records(tmp_path: Path, meth
     volunteers = {r["volunteer"]: r for r in read_csv(tmp_path / "out" / "volunteers.csv")}
     assert volunteers["anon:session-habitual"]["flagged"] == "True"
     assert float(volunteers["anon:session-habitual"]["weight"]) < 0.3
-    assert report.flagged_volunteers == 1 and report.reweighted_slices == 6
+    assert report.flagged_volunteers == 1 and report.reweighted_slices == revoted
 
 
 def test_cli_aggregate(tmp_path: Path) -> None:
@@ -174,3 +176,19 @@ def test_cli_aggregate(tmp_path: Path) -> None:
     (tmp_path / "not.csv").write_text("a,b\n1,2\n")
     not_export = CliRunner().invoke(app, ["aggregate", str(tmp_path / "not.csv"), "--out", str(tmp_path / "z")])
     assert not_export.exit_code == 2 and "not a classification export" in not_export.output
+
+
+def test_png_encoder_round_trips_through_pillow(tmp_path: Path) -> None:
+    from etchacell_loop.aggregate.outputs import encode_gray_png
+
+    rng = np.random.default_rng(0)
+    for image in (
+        np.zeros((7, 5), np.uint8),
+        (rng.random((300, 401)) > 0.5).astype(np.uint8) * 255,
+        rng.integers(0, 256, (64, 33), dtype=np.uint8),
+    ):
+        path = tmp_path / "x.png"
+        path.write_bytes(encode_gray_png(image))
+        with Image.open(path) as decoded:
+            assert decoded.mode == "L" and decoded.size == (image.shape[1], image.shape[0])
+            assert np.array_equal(np.asarray(decoded), image)

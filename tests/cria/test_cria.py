@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from skimage.draw import polygon as naive_polygon
 
 from etchacell_loop.cria.consensus import CriaParams, Drawing, envelope_band, slice_consensus
@@ -123,3 +124,21 @@ def test_min_total_closes_each_island_on_its_own() -> None:
 def test_many_strokes_fall_back_to_greedy() -> None:
     strokes = [circle(50 + 40 * i, 200, 15) for i in range(MAX_EXACT_STROKES + 2)]
     assert len(join_min_total(strokes)) == len(strokes)
+
+
+def test_band_matches_morphology_by_a_disk() -> None:
+    """The fast band (shifted ANDs over the area's box) equals erosion and dilation by a disk."""
+    rng = np.random.default_rng(11)
+
+    def disk(r: int) -> np.ndarray:
+        y, x = np.ogrid[-r : r + 1, -r : r + 1]
+        return np.asarray(x * x + y * y <= r * r)
+
+    for _ in range(20):
+        area = ndimage.gaussian_filter(rng.random((120, 150)), 4) > 0.5
+        area[:, :5] = False  # some areas touch the image edge, some do not
+        for width in (1, 3.5, 7, 10):
+            n = max(1, round(width))
+            inner = ndimage.binary_erosion(area, disk((n + 1) // 2), border_value=0)
+            outer = ndimage.binary_dilation(area, disk(n // 2)) if n // 2 else area
+            assert np.array_equal(envelope_band(area, width), outer & ~inner)

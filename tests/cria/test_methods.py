@@ -8,8 +8,8 @@ from shapely.geometry import LinearRing, Point
 
 from etchacell_loop.config import ConsensusSettings
 from etchacell_loop.cria.consensus import CriaParams, Drawing, dice, slice_consensus
-from etchacell_loop.cria.methods import METHODS, consensus_method, weighted_count
-from etchacell_loop.cria.raster import decimate, fill_even_odd
+from etchacell_loop.cria.methods import METHODS, Ballot, consensus_method, region_of, weighted_count
+from etchacell_loop.cria.raster import decimate, fill_even_odd, fill_patch
 from etchacell_loop.cria.reliability import ReliabilityParams, VolunteerRecord, is_flagged, reliability_weight
 
 SHAPE = (400, 400)
@@ -24,7 +24,7 @@ def circle(cx: float, cy: float, r: float, n: int = 360) -> np.ndarray:
 
 def crowd(rng: np.random.Generator, nucleus: int, nucleolus: int, mitochondrion: int) -> list[Drawing]:
     """Drawers of the nucleus (r 100), the nucleolus inside it (r 30) and a mitochondrion outside."""
-    drawings = []
+    drawings: list[Drawing] = []
     for kind, count, (cx, cy, r) in (
         ("n", nucleus, (200, 200, 100)),
         ("o", nucleolus, (180, 190, 30)),
@@ -118,3 +118,12 @@ def test_reliability_weights_shrink_towards_the_prior_and_flag_habitual_errors()
     assert reliability_weight(habitual, params) < 0.15 < 0.9 < reliability_weight(good, params)
     assert is_flagged(habitual, params) and not is_flagged(newcomer_slip, params) and not is_flagged(good, params)
     assert (good + habitual) - habitual == good
+
+
+def test_a_coarse_stack_is_the_full_stack_sampled_on_the_regions_grid() -> None:
+    rng = np.random.default_rng(6)
+    ballots = [Ballot(fill_patch([circle(*rng.uniform(80, 320, 2), rng.uniform(10, 60))], SHAPE)) for _ in range(7)]
+    region = region_of(ballots)
+    full = region.stack(ballots)
+    for step in (1, 2, 3, 4):
+        assert np.array_equal(region.stack(ballots, step), full[:, ::step, ::step])
