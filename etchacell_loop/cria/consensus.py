@@ -151,15 +151,11 @@ def consensus_of_ballots(
     method_params = params.method_params()
     n_abstaining = max(0, n_classifications - len(ballots))
     region = region_of(ballots)
-    vote = method(ballots, n_abstaining, region, method_params)
+    latest = int(np.argmax([d.classification_id for d in drawings])) if with_stability and len(ballots) >= 2 else None
+    vote = method(ballots, n_abstaining, region, method_params, latest)
     area = _paste(vote.area, region, shape)
     confidence = _paste(vote.confidence, region, shape)
-    stability = None
-    if with_stability and len(ballots) >= 2:
-        latest = int(np.argmax([d.classification_id for d in drawings]))
-        others = [b for i, b in enumerate(ballots) if i != latest]
-        previous = method(others, n_abstaining, region_of(others), method_params)
-        stability = dice(area, _paste(previous.area, region_of(others), shape))
+    stability = dice(vote.area, vote.previous_area) if vote.previous_area is not None else None
     band = envelope_band(area, params.envelope_width_nm / params.pixel_size_nm)
     outcomes = tuple(
         _outcome(d, b, included, area, region) for d, b, included in zip(drawings, ballots, vote.included, strict=True)

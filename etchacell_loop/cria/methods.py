@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,6 +33,7 @@ from etchacell_loop.cria.raster import Mask, Patch
 from etchacell_loop.cria.reliability import ReliabilityParams, VolunteerRecord, reliability_weight
 
 FloatMap = NDArray[np.float32]
+_T = TypeVar("_T", bound=np.generic)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Vote:
     confidence: FloatMap
     area: Mask
     included: tuple[bool, ...]
+    previous_area: Mask | None = None  # the area without the left-out drawing, when one was named
 
 
 @dataclass(frozen=True)
@@ -112,35 +115,76 @@ def region_of(ballots: Sequence[Ballot]) -> Region:
     )
 
 
-ConsensusMethod = Callable[[Sequence[Ballot], int, Region, MethodParams], Vote]
-"""(ballots, number of classifications that drew nothing on the slice, region, params) → vote."""
+ConsensusMethod = Callable[[Sequence[Ballot], int, Region, MethodParams, int | None], Vote]
+"""(ballots, number of classifications that drew nothing on the slice, region, params, leave_out) →
+vote. With ``leave_out`` (a ballot's index) the vote also carries the area the method gives without
+that ballot: the stability of a consensus, which vote methods get by subtraction, not a second vote."""
 
 
-def plain_vote(ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams) -> Vote:
+def plain_vote(
+    ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams, leave_out: int | None = None
+) -> Vote:
     """The paper's CRIA vote (weighted by reliability only when records are given)."""
     weights = np.array([_weight(b, params) for b in ballots], dtype=np.float32)
-    return _weighted_vote(region.stack(ballots), weights, np.ones(len(ballots), np.bool_), n_abstaining, params)
+    members = np.ones(len(ballots), np.bool_)
+    return _weighted_vote(region.stack(ballots), weights, members, n_abstaining, params, leave_out)
 
 
-def robust_vote(ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams) -> Vote:
+def robust_vote(
+    ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams, leave_out: int | None = None
+) -> Vote:
     """Vote among the drawings that overlap the medoid drawing, weighted by pooled reliability.
     The gate looks at a coarse stack; the vote stacks only the members, over their own box."""
     weights = np.array([_weight(b, params) for b in ballots], dtype=np.float32)
-    members = _medoid_cluster(region.stack(ballots, max(1, params.gate_stride_px)), weights, params)
-    chosen = [b for b, member in zip(ballots, members, strict=True) if member]
+    coarse = region.stack(ballots, max(1, params.gate_stride_px))
+    members = _medoid_cluster(coarse, weights, params)
+    chosen_index = np.flatnonzero(members)
+    chosen = [ballots[int(i)] for i in chosen_index]
     inner = region_of(chosen)
-    vote = _weighted_vote(inner.stack(chosen), weights[members], np.ones(len(chosen), np.bool_), n_abstaining, params)
-    confidence = np.zeros(region.shape, np.float32)
-    area = np.zeros(region.shape, np.bool_)
-    if vote.confidence.size:
-        rows, cols = inner.within(region)
-        confidence[rows, cols], area[rows, cols] = vote.confidence, vote.area
-    return Vote(confidence, area, tuple(bool(m) for m in members))
+    within_chosen: int | None = None
+    recount = False
+    if leave_out is not None:
+        rest = np.ones(len(ballots), np.bool_)
+        rest[leave_out] = False
+        members_without = np.zeros(len(ballots), np.bool_)
+        members_without[rest] = _medoid_cluster(coarse[rest], weights[rest], params)
+        expected = members & rest
+        recount = not np.array_equal(members_without, expected)  # the gate itself moved: vote again
+        if members[leave_out] and not recount:
+            within_chosen = int(np.searchsorted(chosen_index, leave_out))
+    vote = _weighted_vote(
+        inner.stack(chosen), weights[members], np.ones(len(chosen), np.bool_), n_abstaining, params, within_chosen
+    )
+    confidence, area = _place(vote.confidence, inner, region), _place(vote.area, inner, region)
+    previous: Mask | None = None
+    if leave_out is not None:
+        if recount:
+            others = [b for i, b in enumerate(ballots) if i != leave_out]
+            previous = _place(
+                robust_vote(others, n_abstaining, region_of(others), params).area, region_of(others), region
+            )
+        elif vote.previous_area is not None:
+            previous = _place(vote.previous_area, inner, region)
+        else:
+            previous = area  # the left-out drawing had no say
+    return Vote(confidence, area, tuple(bool(m) for m in members), previous)
 
 
-def staple(ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams) -> Vote:
+def staple(
+    ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams, leave_out: int | None = None
+) -> Vote:
     """STAPLE with pooled records as prior counts; abstainers say nothing about where the area is.
-    (Sums by ``einsum``, not BLAS: see :func:`pairwise_iou`.)"""
+    (Sums by ``einsum``, not BLAS: see :func:`pairwise_iou`.) Its stability is a second estimation."""
+    vote = _staple(ballots, region, params)
+    if leave_out is None:
+        return vote
+    others = [b for i, b in enumerate(ballots) if i != leave_out]
+    inner = region_of(others)
+    previous = _place(_staple(others, inner, params).area, inner, region)
+    return Vote(vote.confidence, vote.area, vote.included, previous)
+
+
+def _staple(ballots: Sequence[Ballot], region: Region, params: MethodParams) -> Vote:
     stack = region.stack(ballots)
     if not len(ballots) or not stack.size:
         return _empty_vote(region, len(ballots))
@@ -179,18 +223,46 @@ def _weight(ballot: Ballot, params: MethodParams) -> float:
 
 
 def _weighted_vote(
-    stack: Mask, weights: NDArray[np.float32], members: NDArray[np.bool_], n_abstaining: int, params: MethodParams
+    stack: Mask,
+    weights: NDArray[np.float32],
+    members: NDArray[np.bool_],
+    n_abstaining: int,
+    params: MethodParams,
+    leave_out: int | None = None,
 ) -> Vote:
     chosen = weights * members
     total = float(chosen.sum())
     if params.denominator == "classifications":
         total += n_abstaining
     shape = stack.shape[1:]
+    included = tuple(bool(m) for m in members)
     if total <= 0 or not stack.size:
-        return Vote(np.zeros(shape, np.float32), np.zeros(shape, np.bool_), tuple(bool(m) for m in members))
-    confidence = weighted_count(stack, chosen) / np.float32(total)
-    area = confidence >= params.agreement_fraction - 1e-6
-    return Vote(confidence, area, tuple(bool(m) for m in members))
+        empty = np.zeros(shape, np.bool_)
+        return Vote(np.zeros(shape, np.float32), empty, included, empty if leave_out is not None else None)
+    height = weighted_count(stack, chosen)
+    area = height >= np.float32(params.agreement_fraction * total - 1e-6)
+    previous = None
+    if leave_out is not None:
+        left = float(chosen[leave_out])
+        rest_height = height - np.float32(_quantised(left)) * stack[leave_out] if left else height
+        rest_total = total - left
+        previous = rest_height >= np.float32(params.agreement_fraction * rest_total - 1e-6) if rest_total > 0 else None
+        previous = previous if previous is not None else np.zeros(shape, np.bool_)
+    return Vote(height / np.float32(total), area, included, previous)
+
+
+def _quantised(weight: float) -> float:
+    """A weight as :func:`weighted_count` counts it."""
+    return round(weight * WEIGHT_STEPS) / WEIGHT_STEPS
+
+
+def _place(values: NDArray[_T], inner: Region, region: Region) -> NDArray[_T]:
+    """A map over ``inner`` placed in a map over the enclosing ``region`` (zero elsewhere)."""
+    placed = np.zeros(region.shape, dtype=values.dtype)
+    if values.size:
+        rows, cols = inner.within(region)
+        placed[rows, cols] = values
+    return placed
 
 
 WEIGHT_STEPS = 64  # weights are counted in 1/64ths: exact enough, and integer sums are fast
@@ -206,7 +278,7 @@ def weighted_count(stack: Mask, weights: NDArray[np.float32]) -> FloatMap:
         chosen = stack if used.all() else stack[used]
         count_type = np.uint8 if len(chosen) < 256 else np.uint32
         count = np.add.reduce(chosen.view(np.uint8), axis=0, dtype=count_type)
-        return np.asarray(count, np.float32) * np.float32(weights[used][0])
+        return np.asarray(count, np.float32) * np.float32(_quantised(float(weights[used][0])))
     steps = np.rint(weights * WEIGHT_STEPS).astype(np.uint32)
     sum_type = np.uint16 if int(steps.sum()) < 2**16 else np.uint32
     height = np.zeros(stack.shape[1:], dtype=sum_type)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from shapely.geometry import LinearRing, Point
 
 from etchacell_loop.config import ConsensusSettings
 from etchacell_loop.cria.consensus import CriaParams, Drawing, dice, slice_consensus
 from etchacell_loop.cria.methods import METHODS, Ballot, consensus_method, region_of, weighted_count
-from etchacell_loop.cria.raster import decimate, fill_even_odd, fill_patch
+from etchacell_loop.cria.raster import fill_patch
 from etchacell_loop.cria.reliability import ReliabilityParams, VolunteerRecord, is_flagged, reliability_weight
 
 SHAPE = (400, 400)
@@ -95,19 +94,6 @@ def test_weighted_count_matches_a_float_sum() -> None:
     assert np.array_equal(weighted_count(stack, equal), stack.sum(axis=0) * np.float32(0.5))
 
 
-def test_decimation_keeps_the_shape_and_drops_redundant_vertices() -> None:
-    rng = np.random.default_rng(5)
-    outline = circle(200, 200, 150, n=700) + rng.normal(0, 0.05, (700, 2))
-    fewer = decimate(outline)
-    assert len(fewer) < 150
-    before, after = fill_even_odd([outline], SHAPE), fill_even_odd([fewer], SHAPE)
-    assert (before ^ after).sum() / before.sum() < 0.003
-    kept = LinearRing(fewer)
-    assert max(kept.distance(Point(*p)) for p in outline) < 0.5  # every dropped vertex lay on the outline
-    jagged = circle(200, 200, 150, n=40) + rng.normal(0, 3, (40, 2))  # nearly every vertex matters
-    assert len(decimate(jagged)) >= 36
-
-
 def test_reliability_weights_shrink_towards_the_prior_and_flag_habitual_errors() -> None:
     params = ReliabilityParams()
     newcomer_slip = VolunteerRecord(slices=1, dice_sum=0.05)
@@ -122,8 +108,22 @@ def test_reliability_weights_shrink_towards_the_prior_and_flag_habitual_errors()
 
 def test_a_coarse_stack_is_the_full_stack_sampled_on_the_regions_grid() -> None:
     rng = np.random.default_rng(6)
-    ballots = [Ballot(fill_patch([circle(*rng.uniform(80, 320, 2), rng.uniform(10, 60))], SHAPE)) for _ in range(7)]
+    centres, radii = rng.uniform(80, 320, (7, 2)), rng.uniform(10, 60, 7)
+    ballots = [Ballot(fill_patch([circle(x, y, r)], SHAPE)) for (x, y), r in zip(centres, radii, strict=True)]
     region = region_of(ballots)
     full = region.stack(ballots)
     for step in (1, 2, 3, 4):
         assert np.array_equal(region.stack(ballots, step), full[:, ::step, ::step])
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_stability_by_subtraction_equals_a_second_vote_without_the_latest(method: str) -> None:
+    rng = np.random.default_rng(8)
+    for nucleus, nucleolus, mitochondrion in ((5, 0, 0), (4, 3, 3), (2, 1, 0), (3, 0, 2)):
+        drawings = crowd(rng, nucleus, nucleolus, mitochondrion)
+        rng.shuffle(drawings)
+        latest = max(drawings, key=lambda d: d.classification_id)
+        params = CriaParams(method=method)
+        stable = slice_consensus(drawings, len(drawings) + 2, SHAPE, params)
+        without = slice_consensus([d for d in drawings if d is not latest], len(drawings) + 2, SHAPE, params)
+        assert stable.stability == pytest.approx(dice(stable.area, without.area), abs=1e-9)
