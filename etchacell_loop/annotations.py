@@ -388,10 +388,7 @@ def read_export(source: Path | Iterable[str], workflow_id: int | None = None) ->
         header = next(reader)
     except StopIteration:
         raise ExportFormatError("the export is empty (no header row)") from None
-    missing = [c for c in REQUIRED_EXPORT_COLUMNS if c not in header]
-    if missing:
-        raise ExportFormatError(f"not a classification export: missing column(s) {', '.join(missing)}")
-    position = {name: i for i, name in enumerate(header)}
+    position = export_columns(header)
     while True:
         try:
             values = next(reader)
@@ -402,16 +399,29 @@ def read_export(source: Path | Iterable[str], workflow_id: int | None = None) ->
             return
         if not values:
             continue
-        if len(values) != len(header):
-            yield RowProblem(reader.line_num, f"{len(values)} fields, the header has {len(header)} (truncated row?)")
-            continue
-        row = _export_row(reader.line_num, values, position)
+        row = export_row(reader.line_num, values, position)
         if isinstance(row, ExportRow) and workflow_id is not None and row.workflow_id != workflow_id:
             continue
         yield row
 
 
-def _export_row(line: int, values: list[str], position: Mapping[str, int]) -> ExportRow | RowProblem:
+def export_columns(header: Sequence[str]) -> dict[str, int]:
+    """Where each column is, from an export's header row; ``ExportFormatError`` when it is not one."""
+    missing = [c for c in REQUIRED_EXPORT_COLUMNS if c not in header]
+    if missing:
+        raise ExportFormatError(f"not a classification export: missing column(s) {', '.join(missing)}")
+    return {name: i for i, name in enumerate(header)}
+
+
+def export_row(line: int, values: Sequence[str], position: Mapping[str, int]) -> ExportRow | RowProblem:
+    """One row's fields as an :class:`ExportRow`, or why they are not one."""
+    width = max(position.values()) + 1
+    if len(values) != width:
+        return RowProblem(line, f"{len(values)} fields, the header has {width} (truncated row?)")
+    return _export_row(line, values, position)
+
+
+def _export_row(line: int, values: Sequence[str], position: Mapping[str, int]) -> ExportRow | RowProblem:
     def get(name: str) -> str:
         return values[position[name]] if name in position else ""
 

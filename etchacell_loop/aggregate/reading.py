@@ -1,15 +1,20 @@
 """Export rows → placed drawings, one batch at a time (run in worker processes).
 
-Decoding the annotations' JSON is most of the cost of reading an export, so rows travel to the
-workers as the text they are and come back as compact records: coordinates as float32 (sub-pixel
-precision kept, half the memory of float64), routed to the slices their frames show.
+Parsing CSV and decoding the annotations' JSON are nearly all the cost of reading an export, so the
+reading process only cuts the file into records (:func:`export_records`: whole lines, joined while a
+quoted field is open) and the records travel to the workers as bytes. They come back as compact
+records: coordinates as float32 (sub-pixel precision kept, half the memory of float64), routed to the
+slices their frames show.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import csv
+import io
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -18,7 +23,10 @@ from etchacell_loop.annotations import (
     ExportRow,
     IssueCode,
     ParseLimits,
+    RowProblem,
     anonymous_token,
+    export_columns,
+    export_row,
     parse_classification,
     volunteer_key,
 )
@@ -33,6 +41,7 @@ class ReadRow:
 
     line: int
     classification_id: int
+    workflow_id: int
     subject_id: int
     volunteer: str
     layout: SubjectLayout
@@ -42,9 +51,54 @@ class ReadRow:
     reasons: tuple[str, ...]
 
 
-def read_rows(rows: Sequence[ExportRow], limits: ParseLimits) -> list[ReadRow]:
-    """Parse a batch of rows (a worker's unit of work)."""
-    return [read_row(row, limits) for row in rows]
+Record = tuple[int, bytes]  # (line number where the record starts, its bytes)
+MAX_RECORD_BYTES = 256 * 1024 * 1024  # a record longer than this is a quote that never closes
+
+
+def export_records(handle: BinaryIO) -> Iterator[Record]:
+    """The CSV records of an export, as bytes, with the line each starts on.
+
+    A record ends at the end of a line where the count of ``"`` is even: in CSV a quote inside a
+    quoted field is doubled, so an open field always leaves the count odd. A file cut short in an
+    open field ends with that incomplete record (its parse then reports it)."""
+    pending: list[bytes] = []
+    quotes = size = 0
+    start = 1
+    for number, line in enumerate(handle, start=1):
+        if not pending:
+            start = number
+        pending.append(line)
+        quotes += line.count(b'"')
+        size += len(line)
+        if quotes % 2 == 0 or size > MAX_RECORD_BYTES:
+            yield start, b"".join(pending)
+            pending, quotes, size = [], 0, 0
+    if pending:
+        yield start, b"".join(pending)
+
+
+def export_header(record: bytes) -> dict[str, int]:
+    """Column positions from the header record (``ExportFormatError`` when it is not an export's)."""
+    return export_columns(next(csv.reader([record.decode("utf-8-sig")]), []))
+
+
+def read_records(
+    records: Sequence[Record], columns: Mapping[str, int], limits: ParseLimits
+) -> list[ReadRow | RowProblem]:
+    """Parse a batch of records (a worker's unit of work); blank records are skipped."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    rows: list[ReadRow | RowProblem] = []
+    for line, record in records:
+        try:
+            values = next(csv.reader(io.StringIO(record.decode("utf-8"), newline="")), None)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            rows.append(RowProblem(line, f"unreadable CSV record ({exc})"))
+            continue
+        if not values:
+            continue
+        row = export_row(line, values, columns)
+        rows.append(read_row(row, limits) if isinstance(row, ExportRow) else row)
+    return rows
 
 
 def read_row(row: ExportRow, limits: ParseLimits) -> ReadRow:
@@ -68,6 +122,7 @@ def read_row(row: ExportRow, limits: ParseLimits) -> ReadRow:
     return ReadRow(
         line=row.line,
         classification_id=row.classification_id,
+        workflow_id=row.workflow_id,
         subject_id=subject_id,
         volunteer=volunteer_key(row.user_id, token, row.classification_id),
         layout=layout,

@@ -1,7 +1,8 @@
 """Drive an offline aggregation: read the export, vote every slice, pool, vote again where it matters.
 
-1. **Read.** Rows stream from the CSV to worker processes in batches (a bounded number in flight,
-   so a 100,000-row export never sits in memory as text); each comes back as placed drawings.
+1. **Read.** Records stream from the file to worker processes in batches (a bounded number in
+   flight, so a 100,000-row export never sits in memory as text); workers parse the CSV and the JSON
+   and send back placed drawings.
 2. **Vote.** Every slice that is some subject's own slice gets its consensus (workers write the
    subject's images themselves, so only small summaries travel back).
 3. **Pool and vote again** (``cria-robust`` and ``staple``): each volunteer's agreement is summed
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 from etchacell_loop.aggregate.outputs import (
     SubjectSummary,
@@ -35,8 +36,8 @@ from etchacell_loop.aggregate.outputs import (
     write_csv,
     write_subject_images,
 )
-from etchacell_loop.aggregate.reading import ReadRow, read_rows
-from etchacell_loop.annotations import ExportRow, ParseLimits, RowProblem, read_export
+from etchacell_loop.aggregate.reading import ReadRow, export_header, export_records, read_records
+from etchacell_loop.annotations import ExportFormatError, ParseLimits, RowProblem
 from etchacell_loop.cria.assembly import SliceAssembler, SliceDrawings
 from etchacell_loop.cria.consensus import CriaParams, DrawerOutcome, slice_consensus
 from etchacell_loop.cria.reliability import VolunteerRecord, is_flagged, reliability_weight
@@ -154,33 +155,34 @@ def _read(
     pixel_nm: dict[SliceKey, float] = {}
     issues: list[tuple[Any, ...]] = []
     total = float(export.stat().st_size)
-    with export.open(newline="", encoding="utf-8") as handle:
-        lines = _CountingLines(handle)
-        batches = _batches(_rows_of_one_workflow(read_export(lines), options, report, issues), options.batch_rows)
-        for batch in _ordered_map(pool, read_rows, ((b, options.limits) for b in batches)):
+    report.workflow_id = options.workflow_id
+    with export.open("rb") as handle:
+        records = export_records(handle)
+        header = next(records, None)
+        if header is None:
+            raise ExportFormatError("the export is empty (no header row)")
+        columns = export_header(header[1])
+        batches = ((batch, columns, options.limits) for batch in _batches(records, options.batch_rows))
+        for batch in _ordered_map(pool, read_records, batches):
             for row in batch:
-                _take_row(row, assembler, tallies, pixel_nm, issues, report)
+                if isinstance(row, RowProblem):
+                    report.row_problems += 1
+                    issues.append(("", row.line, "", "unreadable", row.message))
+                elif _of_chosen_workflow(row, report):
+                    _take_row(row, assembler, tallies, pixel_nm, issues, report)
             if progress is not None:
-                progress("read", float(lines.characters), total)
+                progress("read", float(handle.tell()), total)
     return assembler, tallies, pixel_nm, issues
 
 
-def _rows_of_one_workflow(
-    rows: Iterable[ExportRow | RowProblem], options: AggregateOptions, report: AggregateReport, issues: list[Any]
-) -> Iterator[ExportRow]:
-    """Rows of the chosen workflow; unreadable rows and rows of other workflows are counted."""
-    report.workflow_id = options.workflow_id
-    for row in rows:
-        if isinstance(row, RowProblem):
-            report.row_problems += 1
-            issues.append(("", row.line, "", "unreadable", row.message))
-            continue
-        if report.workflow_id is None:
-            report.workflow_id = row.workflow_id
-        if row.workflow_id != report.workflow_id:
-            report.other_workflow_rows[row.workflow_id] += 1
-            continue
-        yield row
+def _of_chosen_workflow(row: ReadRow, report: AggregateReport) -> bool:
+    """Rows of the chosen workflow (the first one seen, unless one was named); others are counted."""
+    if report.workflow_id is None:
+        report.workflow_id = row.workflow_id
+    if row.workflow_id != report.workflow_id:
+        report.other_workflow_rows[row.workflow_id] += 1
+        return False
+    return True
 
 
 def _take_row(
@@ -361,19 +363,6 @@ def _subject_summary(
         method=options.params.method,
         problems="; ".join(problems),
     )
-
-
-class _CountingLines:
-    """Lines of a text file, counting characters read (the progress of a streamed CSV)."""
-
-    def __init__(self, handle: TextIO) -> None:
-        self._handle = handle
-        self.characters = 0
-
-    def __iter__(self) -> Iterator[str]:
-        for line in self._handle:
-            self.characters += len(line)
-            yield line
 
 
 _Item = TypeVar("_Item")
