@@ -96,7 +96,7 @@ def main() -> None:
     for subject, volunteer in zip(assignment.subject_index, assignment.volunteer_index, strict=True):
         streams[int(subject)].append(assignment.volunteers[int(volunteer)])
     for stream in streams:
-        rng.shuffle(stream)  # type: ignore[arg-type]
+        rng.shuffle(stream)
     started = time.perf_counter()
     jobs = [(args.seed * 100_003 + i, tuple(stream), args.method) for i, stream in enumerate(streams)]
     with ProcessPoolExecutor(args.workers) as pool:
