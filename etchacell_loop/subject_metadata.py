@@ -29,6 +29,8 @@ ROI_KEY = "#roi"  # the region (one nucleus) the subject was cut from
 SLICE_KEY = "#slice"  # z index of the target slice in the source volume
 TARGET_FRAME_KEY = "#target_frame"  # which frame shows the target slice
 FRAME_SLICES_KEY = "#frame_slices"  # z index each frame shows, in frame order
+VOLUME_KEY = "#volume"  # the source volume's name (its file or folder stem: "hela" for hela.zarr)
+CROP_XYWH_KEY = "#crop_xywh"  # "x,y,w,h": the crop, in level-0 source pixels, the subject image shows
 
 
 @dataclass(frozen=True, order=True)

@@ -10,7 +10,16 @@ import typer
 from rich.logging import RichHandler
 
 from etchacell_loop import __version__
-from etchacell_loop.cli import aggregate_cmd, config_cmd, db_cmd, panoptes_cmd, query_cmd, sandbox_cmd
+from etchacell_loop.cli import (
+    aggregate_cmd,
+    config_cmd,
+    db_cmd,
+    panoptes_cmd,
+    query_cmd,
+    sandbox_cmd,
+    subjects_cmd,
+    synth_cmd,
+)
 from etchacell_loop.cli.context import CliState, err_console
 
 app = typer.Typer(
@@ -25,6 +34,8 @@ app.command("query")(query_cmd.query)
 app.add_typer(sandbox_cmd.app, name="sandbox")
 app.add_typer(panoptes_cmd.app, name="panoptes")
 app.command("aggregate")(aggregate_cmd.aggregate)
+app.add_typer(synth_cmd.app, name="synth")
+app.add_typer(subjects_cmd.app, name="subjects")
 
 
 def _version(value: bool) -> None:

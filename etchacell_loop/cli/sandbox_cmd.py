@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import typer
 
-from etchacell_loop.cli.context import CommandError, console, operator_errors
+from etchacell_loop.cli.context import CommandError, console, err_console, operator_errors
 from etchacell_loop.sandbox.config import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -18,6 +18,9 @@ from etchacell_loop.sandbox.config import (
     FaultPlan,
     SandboxConfig,
 )
+
+if TYPE_CHECKING:
+    from etchacell_loop.simulation.volunteers import RunReport
 
 app = typer.Typer(help="Run a local stand-in of the Panoptes API (tests, staging, the demo).", no_args_is_help=True)
 
@@ -68,3 +71,86 @@ def seed(
     except httpx.HTTPError as exc:
         raise CommandError(f"cannot seed the sandbox at {url}: {exc}") from None
     typer.echo(json.dumps(response.json()))
+
+
+@app.command("volunteers")
+@operator_errors
+def volunteers(
+    workflow: Annotated[int, typer.Option(help="the workflow to classify")],
+    url: Annotated[str, typer.Option(help="the running sandbox")] = "http://127.0.0.1:8765",
+    truth: Annotated[
+        list[Path] | None, typer.Option(help="a truth volume (OME-Zarr); subjects name theirs by stem (repeatable)")
+    ] = None,
+    rate: Annotated[float, typer.Option(help="classifications per second; 0: as fast as possible")] = 0.0,
+    max_classifications: Annotated[int | None, typer.Option(help="stop after this many classifications")] = None,
+    until_retired: Annotated[bool, typer.Option(help="stop once every subject is retired")] = False,
+    mix: Annotated[
+        str | None, typer.Option(help="behaviours, e.g. careful=0.4,sloppy=0.3,partial=0.3 [default: the paper's]")
+    ] = None,
+    prolific: Annotated[int, typer.Option(help="prolific volunteers, each repeating one mistake")] = 3,
+    seed: Annotated[int, typer.Option(help="random seed: the same run for the same server answers")] = 0,
+) -> None:
+    """Simulated volunteers classify the workflow's subjects as the Zooniverse front ends would."""
+    from etchacell_loop.simulation.crowd import CrowdMix
+    from etchacell_loop.simulation.truth import TruthError
+    from etchacell_loop.simulation.volunteers import RunOptions, VolunteerCrowd, VolunteerRunError, volumes_by_name
+
+    if prolific < 0:
+        raise CommandError("--prolific cannot be negative")
+    try:
+        crowd_mix = CrowdMix.parse(mix) if mix else CrowdMix(prolific_behaviours=())
+        options = RunOptions(
+            workflow_id=workflow,
+            mix=crowd_mix.with_prolific(prolific) if prolific else crowd_mix,
+            seed=seed,
+            rate_per_s=rate,
+            max_classifications=max_classifications,
+            until_retired=until_retired,
+        )
+    except ValueError as exc:
+        raise CommandError(f"{exc} (see --mix, --max-classifications, --until-retired, --rate)") from None
+    try:
+        volumes = volumes_by_name(truth or [])
+    except TruthError as exc:
+        raise CommandError(f"--truth: {exc}") from None
+    try:
+        with VolunteerCrowd(url, options, volumes) as crowd, _VolunteerProgress(max_classifications) as shown:
+            report = crowd.run(shown.update)
+    except VolunteerRunError as exc:
+        raise CommandError(str(exc)) from None
+    _print_volunteer_report(report)
+
+
+class _VolunteerProgress:
+    """Classifications so far, on stderr (stdout stays for the summary)."""
+
+    def __init__(self, total: int | None) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console
+        )
+        self._task = self._progress.add_task("classifying", total=total)
+
+    def __enter__(self) -> _VolunteerProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, report: RunReport) -> None:
+        self._progress.update(self._task, completed=report.classifications)
+
+
+def _print_volunteer_report(report: RunReport) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{report.classifications} classifications by {report.volunteers} volunteers")
+    table.add_column("behaviour")
+    table.add_column("classifications", justify="right")
+    for behaviour, count in sorted(report.by_behaviour().items(), key=lambda item: -item[1]):
+        table.add_row(behaviour, str(count))
+    console.print(table)
+    fronts = ", ".join(f"{name} {count}" for name, count in sorted(report.by_front_end().items()))
+    console.print(f"front ends: {fronts or 'none'}; Gini of effort {report.gini:.2f}; stopped: {report.stop_reason}")

@@ -7,6 +7,7 @@ writes, Bearer token, If-Match on updates and deletes) and answers with the JSON
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -434,6 +435,41 @@ def list_subjects(request: Request, rt: RuntimeDep) -> Response:
     set_ids = id_list(params, "subject_set_id")
     query = {"where": where, "ids": id_list(params, "id"), "member_of_set": set_ids[0] if set_ids else None}
     return sql_index(request, rt, "subjects", query, lambda r: res.serialize_subject(rt.store, r, rt.base_url(request)))
+
+
+@router.get("/subjects/queued")
+def queued_subjects(request: Request, rt: RuntimeDep) -> Response:
+    """What the classifier shows next (Panoptes' ``SubjectsController#queued``); anonymous allowed.
+
+    Declared before ``/subjects/{id}`` so that ``queued`` is never read as an id.
+    """
+    params = dict(request.query_params)
+    if not params.get("workflow_id"):
+        raise ApiError(422, "workflow_id parameter missing")
+    workflow = res.require(rt.store, "workflows", params["workflow_id"])
+    user_id = current_user(rt, request)
+    set_ids = id_list(params, "subject_set_id")
+    size = int(params.get("page_size") or workflow.data["configuration"].get("subject_queue_page_size", 0) or 0)
+    page = parse_page({"page_size": str(size or res.QUEUE_PAGE_SIZE)}, "subjects")
+    subject_ids, state = res.queued_subject_ids(
+        rt.store, workflow, user_id, set_ids[0] if set_ids else None, page.size, random.Random()
+    )
+    seen = res.seen_subject_ids(rt.store, workflow.id, user_id)
+    context = {
+        "selected_at": now_iso(),
+        "retired": res.retired_subject_ids(rt.store, workflow.id, subject_ids),
+        "seen": seen,
+        "finished_workflow": bool(workflow.data["finished_at"]),
+        # Panoptes: anonymous volunteers never finish; signed-in ones have once only the fallback is left.
+        "user_has_finished_workflow": user_id is not None and state == "failover_fallback",
+        "selection_state": state,
+    }
+    base_url = rt.base_url(request)
+    rows = [row for row in (rt.store.get("subjects", s) for s in subject_ids) if row is not None]
+    items = [res.serialize_queued_subject(rt.store, row, base_url, context) for row in rows]
+    filters = {k: v for k, v in params.items() if k not in ("page", "page_size", "admin")}
+    meta = paging_meta("subjects", "/subjects/queued", filters, page, None, len(items))
+    return json_response(document("subjects", items, meta))
 
 
 @router.get("/subjects/{subject_id}")

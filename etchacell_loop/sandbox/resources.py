@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
 import secrets
 import time
 import uuid
@@ -629,4 +630,100 @@ def serialize_classification(row: Row) -> dict[str, Any]:
             "workflow": str(row.key("workflow_id")),
             "subjects": [str(s) for s in row.data["subject_ids"]],
         },
+    }
+
+
+# --- subject selection (what the classifier shows next) ----------------------------------------------
+
+QUEUE_PAGE_SIZE = 10  # Workflow#selector_page_size default
+FALLBACK_LIMIT = 100  # FALLBACK_SELECTION_LIMIT
+
+
+def queued_subject_ids(
+    store: Store, workflow: Row, user_id: int | None, subject_set_id: int | None, limit: int, rng: random.Random
+) -> tuple[list[int], str]:
+    """The subjects ``GET /subjects/queued`` offers, and the selection state, as Panoptes'
+    ``Subjects::Selector`` with the built-in PostgreSQL selector chooses them.
+
+    Normal selection: members of the workflow's sets that are not retired for it and, for a signed-in
+    volunteer, not yet seen (classified) by them in this workflow; anonymous volunteers get any
+    unretired ones. ``subject_set_id`` narrows the choice only for grouped workflows, as in Panoptes.
+    A prioritized workflow serves subjects in ``#priority`` order (lowest first; unset last), others a
+    random sample. When nothing is left, the *failover fallback*: any of the workflow's subjects
+    (shuffled, at most 100), flagged ``retired``/``already_seen`` by the serializer.
+    """
+    set_ids = list(workflow.data["subject_set_ids"])
+    if not set_ids:
+        raise ApiError(404, "no subject set is associated with this workflow")
+    if workflow.data["grouped"] and subject_set_id is not None:
+        set_ids = [subject_set_id]
+    members = [m.key("subject_id") or 0 for m in store.select("set_member_subjects", where={"subject_set_id": set_ids})]
+    members = list(dict.fromkeys(members))
+    if not members:
+        raise ApiError(404, "No data available for selection")
+    retired = retired_subject_ids(store, workflow.id, members)
+    seen = seen_subject_ids(store, workflow.id, user_id)
+    available = [s for s in members if s not in retired and s not in seen]
+    if available:
+        return _pick(store, workflow, available, limit, rng), "normal"
+    fallback = members[:FALLBACK_LIMIT]
+    rng.shuffle(fallback)
+    return fallback, "failover_fallback"
+
+
+def _pick(store: Store, workflow: Row, available: list[int], limit: int, rng: random.Random) -> list[int]:
+    if not workflow.data["prioritized"]:
+        return rng.sample(available, min(limit, len(available)))
+    priorities = {s: _priority(store, s) for s in available}
+    ordered = sorted(available, key=lambda s: (priorities[s] is None, priorities[s] or 0.0, s))
+    return ordered[:limit]
+
+
+def _priority(store: Store, subject_id: int) -> float | None:
+    subject = store.get("subjects", subject_id)
+    value = subject.data["metadata"].get("#priority") if subject else None
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def retired_subject_ids(store: Store, workflow_id: int, subject_ids: Sequence[int]) -> set[int]:
+    """Subjects whose retirement for the workflow has taken effect."""
+    statuses = store.select("subject_workflow_statuses", where={"workflow_id": [workflow_id]})
+    wanted = set(subject_ids)
+    return {
+        s.key("subject_id") or 0
+        for s in statuses
+        if s.key("subject_id") in wanted and status_view(s)["retired_at"] is not None
+    }
+
+
+def seen_subject_ids(store: Store, workflow_id: int, user_id: int | None) -> set[int]:
+    """What Panoptes' UserSeenSubject holds: the subjects the user classified in this workflow."""
+    if user_id is None:
+        return set()
+    rows = store.select("classifications", where={"workflow_id": [workflow_id], "user_id": [user_id]})
+    return {int(s) for row in rows for s in row.data["subject_ids"]}
+
+
+def serialize_queued_subject(store: Store, row: Row, base_url: str, context: dict[str, Any]) -> dict[str, Any]:
+    """SubjectSelectorSerializer: the subject's own fields plus the selection context."""
+    item = serialize_subject(store, row, base_url)
+    return {
+        "id": item["id"],
+        "metadata": item["metadata"],
+        "locations": item["locations"],
+        "zooniverse_id": item["zooniverse_id"],
+        "created_at": item["created_at"],
+        "updated_at": item["updated_at"],
+        "href": item["href"],
+        "selected_at": context["selected_at"],
+        "retired": row.id in context["retired"],
+        "already_seen": row.id in context["seen"],
+        "finished_workflow": context["finished_workflow"],
+        "user_has_finished_workflow": context["user_has_finished_workflow"],
+        "favorite": False,
+        "selection_state": context["selection_state"],
+        "links": {"project": item["links"]["project"], "collections": []},
     }

@@ -247,7 +247,7 @@ def plan_classifications(
     order = np.argsort(finished, kind="stable")
     ids = spec.first_classification_id + np.cumsum(rng.integers(1, 30, order.size))
     n_fem = round(spec.fem_fraction * order.size)
-    browsers = [_browser(rng) for _ in assignment.volunteers]
+    browsers = [random_browser(rng) for _ in assignment.volunteers]
     salt = rng.bytes(16).hex()
     plans = []
     for rank, index in enumerate(order):
@@ -342,15 +342,15 @@ def metadata_json(plan: ClassificationPlan, frames_drawn: Sequence[int], shape_p
         "source": "api",
         "session": plan.session,
         "viewport": {"width": browser.viewport_width_px, "height": browser.viewport_height_px},
-        "started_at": _iso_ms(started),
+        "started_at": iso_ms(started),
         "user_agent": browser.user_agent,
         "utc_offset": str(browser.utc_offset_s),
-        "finished_at": _iso_ms(finished),
+        "finished_at": iso_ms(finished),
         "live_project": True,
         "user_language": browser.language,
         "subject_selection_state": {
             "retired": False,
-            "selected_at": _iso_ms(started - 0.09),
+            "selected_at": iso_ms(started - 0.09),
             "already_seen": False,
             "selection_state": "normal",
             "finished_workflow": False,
@@ -364,7 +364,7 @@ def metadata_json(plan: ClassificationPlan, frames_drawn: Sequence[int], shape_p
             "user_group_ids": [],
             "subject_flagged": False,
             "classifier_version": "2.0",
-            "subject_dimensions": [_dimensions(browser, shape_px, fem=True)] * len(FLIPBOOK_OFFSETS_SLICES),
+            "subject_dimensions": [frame_dimensions(browser, shape_px, fem=True)] * len(FLIPBOOK_OFFSETS_SLICES),
         }
     else:
         extra = {
@@ -375,7 +375,8 @@ def metadata_json(plan: ClassificationPlan, frames_drawn: Sequence[int], shape_p
     return _dumps(_jsonb_order({**common, **extra}))
 
 
-def _dimensions(browser: Browser, shape_px: tuple[int, int], *, fem: bool) -> dict[str, Any]:
+def frame_dimensions(browser: Browser, shape_px: tuple[int, int], *, fem: bool) -> dict[str, Any]:
+    """One ``subject_dimensions`` entry: the image's natural size and the size the browser laid it out at."""
     height, width = shape_px
     client_height = browser.viewport_height_px * 0.68
     client_width = client_height * width / height
@@ -401,7 +402,7 @@ def _pfe_dimensions(plan: ClassificationPlan, frames_drawn: Sequence[int], shape
     shown = set(range(TARGET_FRAME + 1)) | set(frames_drawn)
     if plan.classification_id % 3 == 0:
         shown |= set(range(TARGET_FRAME + 1, len(FLIPBOOK_OFFSETS_SLICES)))
-    entry = _dimensions(plan.browser, shape_px, fem=False)
+    entry = frame_dimensions(plan.browser, shape_px, fem=False)
     return [entry if frame in shown else None for frame in range(max(shown) + 1)]
 
 
@@ -423,7 +424,8 @@ _UTC_OFFSETS_S = (0, 0, -3600, 18000, 14400, 21600, 25200, -7200, -19800, -36000
 _LANGUAGES = ("en", "en", "en", "en", "de", "fr", "es", "it")
 
 
-def _browser(rng: np.random.Generator) -> Browser:
+def random_browser(rng: np.random.Generator) -> Browser:
+    """A volunteer's browser: a common user agent, viewport, time zone and language."""
     width, height = _VIEWPORTS[int(rng.integers(len(_VIEWPORTS)))]
     return Browser(
         user_agent=_USER_AGENTS[int(rng.integers(len(_USER_AGENTS)))],
@@ -682,7 +684,8 @@ def _jsonb_order(value: Any) -> Any:
     return value
 
 
-def _iso_ms(unix_s: float) -> str:
+def iso_ms(unix_s: float) -> str:
+    """A time as browsers' ``Date.toISOString()`` writes it (UTC, milliseconds, ``Z``)."""
     moment = datetime.fromtimestamp(unix_s, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 

@@ -238,10 +238,27 @@ def draw_nucleus(rng: np.random.Generator, n_slices: int, shape_px: tuple[int, i
     centre_y = height / 2 + rng.uniform(-20, 20) * scale
     z_centre, half_height = (n_slices - 1) / 2, max(n_slices / 2, 1.0)
     radius = rng.uniform(215, 285) * scale
+    body, lobes, nucleolus = nucleus_blobs(rng, centre_x, centre_y, radius, z_centre, half_height)
+    organelles = _place_organelles(rng, body, lobes, shape_px, n_slices, scale)
+    return NucleusModel(n_slices, shape_px, body, lobes, nucleolus, organelles)
+
+
+def nucleus_blobs(
+    rng: np.random.Generator,
+    centre_x_px: float,
+    centre_y_px: float,
+    radius_px: float,
+    z_centre: float,
+    half_height: float,
+) -> tuple[Blob, tuple[Blob, ...], Blob]:
+    """A random nucleus of any size anywhere in a volume: its body (widest ``radius_px``, reaching
+    about 0.85 of ``half_height`` slices either side of ``z_centre``), the lobes that reach past the
+    body's top and bottom (the caps' islands) and its nucleolus. Scale-free, so stacks of subject
+    pixels and whole synthetic volumes draw nuclei the same way."""
     body = Blob(
-        centre_x,
-        centre_y,
-        radius,
+        centre_x_px,
+        centre_y_px,
+        radius_px,
         z_centre,
         half_height * rng.uniform(0.80, 0.88),
         harmonics=_harmonics(rng, (0.12, 0.06, 0.04, 0.025)),
@@ -249,9 +266,7 @@ def draw_nucleus(rng: np.random.Generator, n_slices: int, shape_px: tuple[int, i
         flatness=rng.uniform(2.0, 2.8),
     )
     lobes = (*_cap_lobes(rng, body, half_height, +1), *_cap_lobes(rng, body, half_height, -1))
-    nucleolus = _nucleolus(rng, body, half_height)
-    organelles = _place_organelles(rng, body, lobes, shape_px, n_slices, scale)
-    return NucleusModel(n_slices, shape_px, body, lobes, nucleolus, organelles)
+    return body, lobes, _nucleolus(rng, body, half_height)
 
 
 def outlines(mask: Mask, min_area_px: float = 0.0) -> list[Points]:

@@ -462,3 +462,75 @@ def test_classification_keeps_the_workflow_version_it_was_made_on(
     rows = list(project.get_export("classifications", wait=True, wait_timeout=15).csv_dictreader())
     assert rows[0]["workflow_version"] == "4.10"
     assert "workflow_version" not in json.loads(rows[0]["metadata"])
+
+
+# --- subject selection -------------------------------------------------------------------------------
+
+
+def password_token(sandbox: SandboxProcess, login: str) -> str:
+    """Sign in as a browser does (sign-in page, JSON sign-in, password grant) and return the token."""
+    sandbox.create_user(login, "pw-" + login)
+    client = Panoptes(endpoint=sandbox.url, username=login, password="pw-" + login)
+    return str(client.get_bearer_token())
+
+
+def queued(sandbox: SandboxProcess, workflow_id: int, bearer: str | None = None, **params: Any) -> httpx.Response:
+    query = "&".join(f"{k}={v}" for k, v in {"workflow_id": workflow_id, **params}.items())
+    return api(sandbox, "GET", f"/subjects/queued?{query}", bearer=bearer)
+
+
+def test_queued_offers_unretired_subjects_the_volunteer_has_not_classified(
+    sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    sandbox.clear_faults()
+    ids = sandbox.seed(retirement_count=2)
+    project_id, workflow_id = ids["project_id"], ids["segmentation_workflow_id"]
+    connect(sandbox)
+    assert (
+        queued(sandbox, workflow_id).json()["errors"][0]["message"] == "no subject set is associated with this workflow"
+    )
+    workflow = Workflow.find(workflow_id)
+    subject_set = new_subject_set(project_id, "queue")
+    workflow.add_subject_sets([subject_set])
+    subjects = upload_subjects(project_id, jpeg_file(tmp_path), 4)
+    subject_set.add(subjects)
+    all_ids = {s.id for s in subjects}
+    missing = api(sandbox, "GET", "/subjects/queued")
+    assert missing.status_code == 422 and missing.json()["errors"][0]["message"] == "workflow_id parameter missing"
+
+    anonymous = queued(sandbox, workflow_id).json()
+    assert {s["id"] for s in anonymous["subjects"]} == all_ids
+    first = anonymous["subjects"][0]
+    assert first["selection_state"] == "normal" and first["retired"] is False and first["already_seen"] is False
+    assert first["locations"][0]["image/jpeg"].startswith(f"{sandbox.url}/_blobs/")
+    assert "count" in anonymous["meta"]["subjects"] and anonymous["meta"]["subjects"]["count"] == 0  # count-free
+    assert len(queued(sandbox, workflow_id, page_size=2).json()["subjects"]) == 2
+
+    alice = password_token(sandbox, f"alice-{workflow_id}")
+    chosen = sorted(all_ids)[0]
+    body = {
+        "classifications": {
+            "annotations": [],
+            "metadata": {"classifier_version": "2.0"},
+            "completed": True,
+            "links": {"project": str(project_id), "workflow": str(workflow_id), "subjects": [chosen]},
+        }
+    }
+    assert api(sandbox, "POST", "/classifications", bearer=alice, json=body).status_code == 201
+    hers = {s["id"] for s in queued(sandbox, workflow_id, bearer=alice).json()["subjects"]}
+    assert hers == all_ids - {chosen}
+    assert {s["id"] for s in queued(sandbox, workflow_id).json()["subjects"]} == all_ids  # anonymous: all
+
+    post_classification(sandbox, project_id, workflow_id, int(chosen))  # the second classification retires it
+    time.sleep(0.8)
+    assert chosen not in {s["id"] for s in queued(sandbox, workflow_id).json()["subjects"]}
+
+    token_ = token(sandbox)
+    retire = {"subject_ids": sorted(all_ids), "retirement_reason": "consensus"}
+    assert api(sandbox, "POST", f"/workflows/{workflow_id}/retired_subjects", bearer=token_, json=retire).status_code
+    time.sleep(0.8)
+    fallback = queued(sandbox, workflow_id, bearer=alice).json()["subjects"]
+    assert {s["id"] for s in fallback} == all_ids
+    assert all(s["selection_state"] == "failover_fallback" and s["retired"] for s in fallback)
+    assert all(s["user_has_finished_workflow"] for s in fallback)
+    assert [s["already_seen"] for s in fallback if s["id"] == chosen] == [True]

@@ -1,0 +1,89 @@
+"""Database rows for a manifest's volumes and ROIs, and the uploads its subjects become.
+
+Why: every subject row hangs off an ROI row, and consensus, training and prediction later find
+their pixels through the volume row (``storage_uri``, voxel size) and the ROI's box. Rows are
+found by name (volume name; ROI name within its volume) and made when missing, so uploading the
+same manifest again, or a second manifest of the same volume, reuses them. The caller commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sqlmodel import Session, select
+
+from etchacell_loop.db.models import Roi, Volume
+from etchacell_loop.imaging.manifest import ManifestEntry, VolumeRecord
+from etchacell_loop.imaging.volume import RoiBox
+from etchacell_loop.panoptes.upload import FrameFile, SubjectUpload
+
+RoiKey = tuple[str, str]  # (volume name, ROI name)
+
+
+def ensure_volume(session: Session, record: VolumeRecord) -> Volume:
+    """The volume row called ``record.name``, made from the record when missing."""
+    row = session.exec(select(Volume).where(Volume.name == record.name)).first()
+    if row is None:
+        z, y, x = record.shape_zyx
+        vz, vy, vx = record.voxel_size_nm
+        row = Volume(
+            name=record.name,
+            storage_uri=record.path,
+            truth_uri=f"{record.path}/labels" if record.labels else None,
+            shape_z=z, shape_y=y, shape_x=x,
+            voxel_size_z_nm=vz, voxel_size_y_nm=vy, voxel_size_x_nm=vx,
+            dtype=record.dtype,
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+    return row
+
+
+def ensure_roi(session: Session, volume: Volume, box: RoiBox) -> Roi:
+    """The ROI row ``box.name`` of ``volume``, made from the box when missing."""
+    assert volume.id is not None
+    query = select(Roi).where(Roi.volume_id == volume.id, Roi.name == box.name)
+    row = session.exec(query).first()
+    if row is None:
+        row = Roi(
+            volume_id=volume.id, name=box.name, x=box.x, y=box.y, z=box.z,
+            width=box.width, height=box.height, depth=box.depth,
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+    return row
+
+
+def ensure_manifest_rows(session: Session, entries: Sequence[ManifestEntry]) -> dict[RoiKey, int]:
+    """Volume and ROI rows for every entry; (volume name, ROI name) → ROI row id."""
+    volumes: dict[str, Volume] = {}
+    roi_ids: dict[RoiKey, int] = {}
+    for entry in entries:
+        key = (entry.volume.name, entry.roi.name)
+        if key in roi_ids:
+            continue
+        if entry.volume.name not in volumes:
+            volumes[entry.volume.name] = ensure_volume(session, entry.volume)
+        roi = ensure_roi(session, volumes[entry.volume.name], entry.roi)
+        assert roi.id is not None
+        roi_ids[key] = roi.id
+    return roi_ids
+
+
+def manifest_uploads(
+    entries: Sequence[ManifestEntry], directory: Path, roi_ids: Mapping[RoiKey, int]
+) -> list[SubjectUpload]:
+    """What :func:`~etchacell_loop.panoptes.upload.upload_subjects` takes, one per manifest entry."""
+    return [
+        SubjectUpload(
+            upload_key=entry.upload_key,
+            roi_id=roi_ids[(entry.volume.name, entry.roi.name)],
+            slice_index=entry.z,
+            frames=entry.frame_z,
+            target_frame=entry.target_frame,
+            files=tuple(FrameFile(directory / path) for path in entry.frames),
+            metadata=dict(entry.metadata),
+        )
+        for entry in entries
+    ]

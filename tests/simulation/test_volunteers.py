@@ -1,0 +1,166 @@
+"""Simulated volunteers classify in a real sandbox as the front ends do, and behave like the paper's crowd."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from etchacell_loop.annotations import parse_classification
+from etchacell_loop.sandbox.harness import SandboxProcess
+from etchacell_loop.simulation.correction import envelope_distance_px
+from etchacell_loop.simulation.crowd import Behaviour, CrowdMix
+from etchacell_loop.simulation.shapes import outlines
+from etchacell_loop.simulation.truth import open_volume_truth, subject_crop, subject_truth
+from etchacell_loop.simulation.volunteers import (
+    EffortProcess,
+    RunOptions,
+    VolunteerCrowd,
+    VolunteerRunError,
+    gini,
+    simulate_effort,
+    volumes_by_name,
+)
+from tests.simulation.sandbox_support import flipbooks, project_classifications, upload
+from tests.simulation.truth_volumes import subject_jpeg, subject_metadata, write_truth_volume
+
+
+@pytest.fixture(scope="module")
+def volume_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("volume") / "hela.zarr"
+    write_truth_volume(path)
+    return path
+
+
+def test_a_crowd_classifies_like_the_front_ends(sandbox: SandboxProcess, volume_path: Path, tmp_path: Path) -> None:
+    sandbox.clear_faults()
+    ids = sandbox.seed(retirement_count=30)
+    workflow_id, project_id = ids["segmentation_workflow_id"], ids["project_id"]
+    subject_ids = upload(sandbox, workflow_id, project_id, flipbooks(tmp_path, [4, 5, 6, 7]))
+    mix = CrowdMix.parse("careful=0.5,sloppy=0.2,partial=0.1,nucleolus=0.1,empty=0.1").with_prolific(1, 0.2)
+    options = RunOptions(workflow_id=workflow_id, mix=mix, seed=11, max_classifications=40)
+    with VolunteerCrowd(sandbox.url, options, volumes_by_name([volume_path])) as crowd:
+        report = crowd.run()
+    assert report.classifications == 40 and report.stop_reason == "reached 40 classifications"
+
+    rows = project_classifications(sandbox, project_id)
+    assert sorted(int(r["id"]) for r in rows) == sorted(p.classification_id for p in report.posted)
+    posted = {p.classification_id: p for p in report.posted}
+    fem = [r for r in rows if r["metadata"].get("classifier_version") == "2.0"]
+    pfe = [r for r in rows if "classifier_version" not in r["metadata"]]
+    assert fem and pfe
+    assert all(r["annotations"][0]["taskType"] == "drawing" for r in fem)
+    assert all("points" in m for r in pfe for m in r["annotations"][0]["value"])
+    for row in rows:
+        metadata = row["metadata"]
+        for key in ("started_at", "finished_at", "user_agent", "workflow_version", "source", "utc_offset"):
+            assert key in metadata
+        assert metadata["subject_dimensions"][0]["naturalWidth"] == 70
+        assert metadata["subject_selection_state"]["selection_state"] == "normal"
+
+    # nobody classifies a subject twice (signed in: the user; anonymous: the browser session)
+    who = Counter((r["links"]["user"] or r["metadata"]["session"], r["links"]["subjects"][0]) for r in rows)
+    assert max(who.values()) == 1
+    assert any(r["links"]["user"] is None for r in rows) and any(r["links"]["user"] for r in rows)
+
+    # careful volunteers trace the target frame's envelope closely
+    volume = open_volume_truth(volume_path)
+    subjects = {sid: z for sid, z in zip(subject_ids, [4, 5, 6, 7], strict=True)}
+    checked = 0
+    for row in rows:
+        if posted[int(row["id"])].behaviour is not Behaviour.CAREFUL:
+            continue
+        parsed = parse_classification(row["annotations"], row["metadata"])
+        assert not parsed.invalid and parsed.tracings
+        z = subjects[int(row["links"]["subjects"][0])]
+        nucleus = subject_truth(volume, subject_crop(subject_metadata("hela", z)))[2].nucleus
+        distance = envelope_distance_px(nucleus)
+        for tracing in parsed.tracings:
+            assert tracing.frame == 2
+            rows_px = np.clip(np.round(tracing.y_px).astype(int), 0, 74)
+            cols_px = np.clip(np.round(tracing.x_px).astype(int), 0, 69)
+            assert float(np.median(distance[rows_px, cols_px])) < 2.0
+            checked += 1
+    assert checked >= 5
+    prolific = [p for p in report.posted if p.prolific]
+    assert prolific and {p.behaviour for p in prolific} == {Behaviour.NUCLEOLUS}
+    assert {p.front_end.value for p in report.posted} == {"fem", "pfe"}
+
+
+def test_until_retired_stops_when_every_subject_is_retired(
+    sandbox: SandboxProcess, volume_path: Path, tmp_path: Path
+) -> None:
+    sandbox.clear_faults()
+    ids = sandbox.seed(retirement_count=3)
+    workflow_id, project_id = ids["segmentation_workflow_id"], ids["project_id"]
+    subject_ids = upload(sandbox, workflow_id, project_id, flipbooks(tmp_path, [5, 6, 7]))
+    options = RunOptions(workflow_id=workflow_id, mix=CrowdMix.parse("careful=1"), seed=2, until_retired=True)
+    with VolunteerCrowd(sandbox.url, options, volumes_by_name([volume_path])) as crowd:
+        report = crowd.run()
+    assert report.stop_reason == "every subject is retired"
+    retired = {r["subject_id"] for r in sandbox.inventory(project_id)["retired"] if r["workflow_id"] == workflow_id}
+    assert retired == set(subject_ids)
+    per_subject = Counter(p.subject_id for p in report.posted)
+    assert set(per_subject) == set(subject_ids) and min(per_subject.values()) >= 3
+
+
+def test_correction_subjects_are_judged_from_the_overlay(
+    sandbox: SandboxProcess, volume_path: Path, tmp_path: Path
+) -> None:
+    """A prediction subject: frame 0 the slice, frame 1 the model's outline in magenta, 9 px too wide."""
+    sandbox.clear_faults()
+    ids = sandbox.seed(retirement_count=30)
+    workflow_id, project_id = ids["correction_workflow_id"], ids["project_id"]
+    metadata = {**subject_metadata("hela", 6), "#kind": "prediction", "#frame_slices": "6,6", "#target_frame": "0"}
+    truth = subject_truth(open_volume_truth(volume_path), subject_crop(metadata))[0]
+    (loop,) = outlines(truth.nucleus)
+    centre = loop.mean(axis=0)
+    wide = centre + (loop - centre) * 1.25  # the model drew the envelope far too wide
+    slice_path = subject_jpeg(tmp_path / "slice.jpg")
+    overlay = Image.open(slice_path).convert("RGB")
+    ImageDraw.Draw(overlay).line([*map(tuple, wide.tolist()), tuple(wide[0])], fill=(255, 0, 255), width=3)
+    overlay_path = tmp_path / "overlay.jpg"
+    overlay.save(overlay_path, "JPEG", quality=90)
+    upload(sandbox, workflow_id, project_id, [(metadata, [slice_path, overlay_path])])
+    options = RunOptions(workflow_id=workflow_id, mix=CrowdMix.parse("careful=1"), seed=5, max_classifications=3)
+    with VolunteerCrowd(sandbox.url, options, volumes_by_name([volume_path])) as crowd:
+        report = crowd.run()
+    assert {p.kind for p in report.posted} == {"correction"}
+    distance = envelope_distance_px(truth.nucleus)
+    for row in project_classifications(sandbox, project_id):
+        parsed = parse_classification(row["annotations"], row["metadata"])
+        assert parsed.tracings, "the wrong outline was redrawn"
+        for tracing in parsed.tracings:
+            assert tracing.frame == 0
+            rows_px = np.clip(np.round(tracing.y_px).astype(int), 0, 74)
+            cols_px = np.clip(np.round(tracing.x_px).astype(int), 0, 69)
+            assert float(np.median(distance[rows_px, cols_px])) < 2.0
+
+
+def test_subjects_of_an_unknown_volume_are_refused(sandbox: SandboxProcess, volume_path: Path, tmp_path: Path) -> None:
+    sandbox.clear_faults()
+    ids = sandbox.seed()
+    upload(sandbox, ids["segmentation_workflow_id"], ids["project_id"], flipbooks(tmp_path, [6]))
+    options = RunOptions(workflow_id=ids["segmentation_workflow_id"], max_classifications=1)
+    with VolunteerCrowd(sandbox.url, options, {}) as crowd, pytest.raises(VolunteerRunError, match="volume 'hela'"):
+        crowd.run()
+
+
+def test_effort_is_as_unequal_as_on_etch_a_cell() -> None:
+    """Gini of classifications per volunteer ≈ 0.83 (paper, §2.3), with the default prolific volunteers."""
+    mix = CrowdMix()
+    for seed in range(3):
+        process = EffortProcess(np.random.default_rng(seed), len(mix.prolific_behaviours), mix.prolific_share, 0.12)
+        counts = simulate_effort(20_000, process)
+        assert abs(gini(counts) - 0.83) <= 0.05
+        assert counts.max() > 50 * np.median(counts)
+    assert gini([5, 5, 5, 5]) == 0.0
+    assert gini([0, 0, 0, 12]) == pytest.approx(0.75)
+
+
+def test_options_say_when_to_stop() -> None:
+    with pytest.raises(ValueError, match="say when to stop"):
+        RunOptions(workflow_id=1)
