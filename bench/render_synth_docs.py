@@ -25,8 +25,9 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from etchacell_loop.imaging.omezarr import read_etchacell_attrs, read_rois
+from etchacell_loop.imaging.omezarr import read_etchacell_attrs
 from etchacell_loop.imaging.synth_volume import SynthSpec, generate_volume
+from etchacell_loop.imaging.volume import open_volume
 
 CLASS_COLOURS = {
     "mitochondrion": (255, 150, 0),
@@ -61,7 +62,8 @@ def array(path: Path) -> NDArray[Any]:
 def slices_png(path: Path, out: Path) -> None:
     """Four slices of the first cell: near its top cap (most islands), a quarter down, the middle,
     and near its bottom cap; 384 px crops of level 1."""
-    roi = read_rois(path)[0]
+    with open_volume(path) as opened:
+        roi = opened.rois[0]
     nucleus = array(path / "labels/nucleus/0")
     label = roi.nucleus_label or 1
     islands = [_islands(nucleus[z] == label) for z in range(nucleus.shape[0])]
@@ -93,7 +95,8 @@ def slices_png(path: Path, out: Path) -> None:
 
 def overlay_png(path: Path, out: Path) -> None:
     """The middle slice of the first cell at 10 nm/px, raw beside the truth in colour."""
-    roi = read_rois(path)[0]
+    with open_volume(path) as opened:
+        roi = opened.rois[0]
     z = roi.z + roi.depth // 2
     size = 400
     y0 = int(np.clip(roi.y + roi.height // 2 - size // 2, 0, 1024 - size))

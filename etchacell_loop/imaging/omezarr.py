@@ -41,34 +41,6 @@ class OmeZarrError(ValueError):
     """A path that is not an OME-Zarr volume this project can read."""
 
 
-@dataclass(frozen=True)
-class VolumeRoi:
-    """A region of interest around one nucleus, a box in level-0 voxels (x, y, z: its corner)."""
-
-    name: str
-    x: int
-    y: int
-    z: int
-    width: int
-    height: int
-    depth: int
-    nucleus_label: int | None = None
-
-    def as_attrs(self) -> dict[str, Any]:
-        attrs: dict[str, Any] = {
-            "name": self.name,
-            "x": self.x,
-            "y": self.y,
-            "z": self.z,
-            "width": self.width,
-            "height": self.height,
-            "depth": self.depth,
-        }
-        if self.nucleus_label is not None:
-            attrs["nucleus_label"] = self.nucleus_label
-        return attrs
-
-
 def pyramid_shapes(
     shape: tuple[int, int, int], min_size_px: int = 64, max_levels: int = 6
 ) -> list[tuple[int, int, int]]:
@@ -196,51 +168,15 @@ def create_label(
     )
 
 
-def open_volume(path: Path) -> zarr.Group:
-    """An OME-Zarr root group, or :class:`OmeZarrError` naming what is wrong."""
+def read_etchacell_attrs(path: Path) -> dict[str, Any] | None:
+    """The volume's "etchacell" extras (synthetic volumes), or None for volumes made elsewhere.
+    Reading images, voxel sizes and ROIs is :mod:`etchacell_loop.imaging.volume`'s job; this is for
+    the extras only it does not interpret (blank slices, mitotic labels)."""
     if not path.exists():
         raise OmeZarrError(f"{path}: no such volume")
     try:
         root = zarr.open_group(str(path), mode="r")
     except (FileNotFoundError, ValueError, TypeError) as exc:
         raise OmeZarrError(f"{path}: not a zarr group ({exc})") from None
-    if "multiscales" not in root.attrs:
-        raise OmeZarrError(f"{path}: no OME-NGFF multiscales metadata")
-    return root
-
-
-def read_voxel_size_nm(path: Path) -> tuple[float, float, float]:
-    """The level-0 voxel size (z, y, x) from the NGFF scale."""
-    multiscales: Any = open_volume(path).attrs["multiscales"]
-    try:
-        for transform in multiscales[0]["datasets"][0]["coordinateTransformations"]:
-            if transform.get("type") == "scale":
-                z, y, x = (float(v) for v in transform["scale"][-3:])
-                return z, y, x
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        raise OmeZarrError(f"{path}: unreadable multiscales metadata ({exc})") from None
-    raise OmeZarrError(f"{path}: level 0 has no scale transformation")
-
-
-def read_etchacell_attrs(path: Path) -> dict[str, Any] | None:
-    """The volume's "etchacell" extras (synthetic volumes), or None for volumes made elsewhere."""
-    extras = open_volume(path).attrs.get(ETCHACELL_KEY)
+    extras = root.attrs.get(ETCHACELL_KEY)
     return dict(extras) if isinstance(extras, Mapping) else None
-
-
-def read_rois(path: Path) -> list[VolumeRoi]:
-    """The regions of interest the volume names (empty for volumes made elsewhere)."""
-    extras = read_etchacell_attrs(path) or {}
-    rois = []
-    for entry in extras.get("rois", []):
-        try:
-            rois.append(
-                VolumeRoi(
-                    name=str(entry["name"]),
-                    **{key: int(entry[key]) for key in ("x", "y", "z", "width", "height", "depth")},
-                    nucleus_label=int(entry["nucleus_label"]) if "nucleus_label" in entry else None,
-                )
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise OmeZarrError(f"{path}: unreadable ROI {entry!r} ({exc})") from None
-    return rois

@@ -32,13 +32,13 @@ from etchacell_loop.imaging.omezarr import (
     DEFAULT_CHUNKS,
     ETCHACELL_KEY,
     MultiscaleWriter,
-    VolumeRoi,
     create_label,
     create_multiscale,
     create_volume,
 )
 from etchacell_loop.imaging.synth_cells import VolumeModel, draw_volume
 from etchacell_loop.imaging.synth_render import TextureBank, acquisition_plan, render_slice
+from etchacell_loop.imaging.volume import RoiBox
 
 SYNTHETIC_KIND = "synthetic-sbfsem"
 LABEL_NAMES = ("nucleus", "envelope", "nucleolus", "organelles")
@@ -68,7 +68,7 @@ class SynthReport:
     voxel_size_nm: tuple[float, float, float]
     cells: int
     organelles: dict[str, int]
-    rois: tuple[VolumeRoi, ...]
+    rois: tuple[RoiBox, ...]
     blank_slices: tuple[int, ...]
     seconds: float
 
@@ -176,7 +176,7 @@ class _BoundingBoxes:
 
     def rois(
         self, shape: tuple[int, int, int], voxel_size_nm: tuple[float, float, float], margin_nm: tuple[float, ...]
-    ) -> tuple[VolumeRoi, ...]:
+    ) -> tuple[RoiBox, ...]:
         """One ROI per nucleus ("cell01", "cell02", … by label): its box plus the margin, clipped."""
         margins = [round(m / v) for m, v in zip(margin_nm, voxel_size_nm, strict=True)]
         rois = []
@@ -186,18 +186,18 @@ class _BoundingBoxes:
                 (max(0, low - margin), min(size, high + margin))
                 for (low, high), margin, size in zip(((z0, z1), (y0, y1), (x0, x1)), margins, shape, strict=True)
             )
-            rois.append(VolumeRoi(f"cell{label:02d}", x0, y0, z0, x1 - x0, y1 - y0, z1 - z0, nucleus_label=label))
+            rois.append(RoiBox(f"cell{label:02d}", x0, y0, z0, x1 - x0, y1 - y0, z1 - z0, nucleus_label=label))
         return tuple(rois)
 
 
 def _etchacell_attrs(
-    spec: SynthSpec, model: VolumeModel, rois: tuple[VolumeRoi, ...], blank: tuple[int, ...]
+    spec: SynthSpec, model: VolumeModel, rois: tuple[RoiBox, ...], blank: tuple[int, ...]
 ) -> dict[str, Any]:
     return {
         "kind": SYNTHETIC_KIND,
         "seed": spec.seed,
         "voxel_size_nm": list(spec.voxel_size_nm),
-        "rois": [roi.as_attrs() for roi in rois],
+        "rois": [roi.as_dict() for roi in rois],
         "blank_slices": list(blank),
         "mitotic_labels": [cell.label for cell in model.cells if cell.mitotic],
     }

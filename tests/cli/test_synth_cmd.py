@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from etchacell_loop.cli.app import app
-from etchacell_loop.imaging.omezarr import read_rois, read_voxel_size_nm
+from etchacell_loop.imaging.volume import open_volume
 
 runner = CliRunner()
 SMALL = ["--shape", "6,128,160", "--seed", "5"]
@@ -23,10 +23,11 @@ def test_a_volume_is_written_with_its_rois_and_a_summary(tmp_path: Path) -> None
     out = tmp_path / "hela.zarr"
     result = runner.invoke(app, ["synth", "volume", str(out), *SMALL, "--voxel-size-nm", "50,12,12"])
     assert result.exit_code == 0, result.output
-    rois = read_rois(out)
+    with open_volume(out) as opened:
+        rois, voxel_size_nm = list(opened.rois), opened.voxel_size_nm
     assert [r.name for r in rois] == ["cell01"]
     assert "cell01" in result.output and "wrote" in result.output
-    assert read_voxel_size_nm(out) == (50.0, 12.0, 12.0)
+    assert voxel_size_nm == (50.0, 12.0, 12.0)
 
 
 def test_an_existing_output_is_kept_unless_overwrite_is_given(tmp_path: Path) -> None:

@@ -19,10 +19,9 @@ from etchacell_loop.imaging.omezarr import (
     downsample_2x,
     pyramid_shapes,
     read_etchacell_attrs,
-    read_rois,
-    read_voxel_size_nm,
 )
 from etchacell_loop.imaging.synth_volume import LABEL_NAMES, SynthSpec, generate_volume
+from etchacell_loop.imaging.volume import VolumeError, open_volume
 
 SPEC = SynthSpec(shape=(10, 256, 192), seed=11, voxel_size_nm=(40.0, 8.0, 8.0))
 
@@ -67,7 +66,8 @@ def test_the_image_carries_ngff_0_4_multiscales_with_a_scale_per_level(volume: P
         assert meta["zarr_format"] == 2 and meta["dimension_separator"] == "/"
         assert tuple(meta["shape"]) == shape and meta["dtype"] == "|u1"
         assert meta["chunks"][0] <= 8 and meta["chunks"][1] <= 256
-    assert read_voxel_size_nm(volume) == SPEC.voxel_size_nm
+    with open_volume(volume) as opened:
+        assert opened.voxel_size_nm == SPEC.voxel_size_nm and opened.voxel_size_source == "ngff"
 
 
 def test_every_label_is_a_multiscale_with_an_image_label_attribute(volume: Path) -> None:
@@ -112,20 +112,20 @@ def test_a_volume_made_elsewhere_has_no_rois_and_its_voxel_size_comes_from_the_s
     path = tmp_path / "foreign.zarr"
     root = create_volume(path, name="foreign")
     create_multiscale(root, (4, 64, 64), (30.0, 5.0, 5.0), np.uint8, name="foreign", method="mean")
-    assert read_rois(path) == []
     assert read_etchacell_attrs(path) is None
-    assert read_voxel_size_nm(path) == (30.0, 5.0, 5.0)
+    with open_volume(path) as opened:
+        assert opened.rois == () and opened.voxel_size_nm == (30.0, 5.0, 5.0)
     create_label(root, "nucleus", (4, 64, 64), (30.0, 5.0, 5.0), np.uint16)
     assert attrs(path / "labels")["labels"] == ["nucleus"]
 
 
 def test_what_is_not_a_volume_is_named_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(OmeZarrError, match="no such volume"):
-        read_rois(tmp_path / "missing.zarr")
+        read_etchacell_attrs(tmp_path / "missing.zarr")
     plain = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=2)
     plain.attrs["x"] = 1
-    with pytest.raises(OmeZarrError, match="multiscales"):
-        read_voxel_size_nm(tmp_path / "plain.zarr")
+    with pytest.raises(VolumeError, match="multiscales"):
+        open_volume(tmp_path / "plain.zarr")
     create_volume(tmp_path / "taken.zarr", name="taken")
     with pytest.raises(FileExistsError, match="already exists"):
         create_volume(tmp_path / "taken.zarr", name="taken")

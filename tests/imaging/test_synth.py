@@ -13,9 +13,10 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.measure import perimeter
 
-from etchacell_loop.imaging.omezarr import read_etchacell_attrs, read_rois
+from etchacell_loop.imaging.omezarr import read_etchacell_attrs
 from etchacell_loop.imaging.synth_cells import ORGANELLE_KINDS, draw_volume
 from etchacell_loop.imaging.synth_volume import SynthReport, SynthSpec, generate_volume
+from etchacell_loop.imaging.volume import open_volume
 
 SPEC = SynthSpec(shape=(16, 256, 256), seed=7)
 MITOTIC_SPEC = SynthSpec(shape=(12, 192, 384), cells=2, seed=3, mitotic=True)
@@ -89,7 +90,8 @@ def test_the_nucleolus_lies_inside_its_own_nucleus(volume: tuple[Path, SynthRepo
 def test_every_roi_holds_its_whole_nucleus(volume: tuple[Path, SynthReport]) -> None:
     path, report = volume
     nucleus = level0(path, "nucleus")
-    rois = read_rois(path)
+    with open_volume(path) as opened:
+        rois = list(opened.rois)
     assert [r.name for r in rois] == [f"cell{k:02d}" for k in range(1, len(rois) + 1)]
     assert {r.nucleus_label for r in rois} == set(np.unique(nucleus)) - {0}
     for roi in rois:
