@@ -14,11 +14,14 @@ from etchacell_loop.cli import (
     aggregate_cmd,
     config_cmd,
     db_cmd,
+    model_cmd,
     panoptes_cmd,
+    predict_cmd,
     query_cmd,
     sandbox_cmd,
     subjects_cmd,
     synth_cmd,
+    worker_cmd,
 )
 from etchacell_loop.cli.context import CliState, err_console
 
@@ -36,6 +39,11 @@ app.add_typer(panoptes_cmd.app, name="panoptes")
 app.command("aggregate")(aggregate_cmd.aggregate)
 app.add_typer(synth_cmd.app, name="synth")
 app.add_typer(subjects_cmd.app, name="subjects")
+app.command("retrain")(model_cmd.retrain)
+app.add_typer(model_cmd.app, name="model")
+app.command("worker")(worker_cmd.worker)
+app.command("predict")(predict_cmd.predict)
+app.command("evaluate")(predict_cmd.evaluate)
 
 
 def _version(value: bool) -> None:

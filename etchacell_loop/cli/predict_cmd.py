@@ -1,0 +1,237 @@
+"""``etchacell predict`` (a model's tri-axis prediction of a volume) and ``etchacell evaluate``
+(a prediction against a reference, as the paper's Table 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from etchacell_loop.cli.context import CommandError, console, err_console, operator_errors, state
+from etchacell_loop.db.engine import session_scope
+from etchacell_loop.imaging.volume import RoiBox, VolumeError, open_volume
+from etchacell_loop.model.evaluation import DEFAULT_ENVELOPE_WIDTH_NM, DEFAULT_LABEL, EvaluationError, evaluate_paths
+from etchacell_loop.model.metrics import render_table1
+from etchacell_loop.model.predict import DEFAULT_CHUNK_ZYX, PredictError, VolumePrediction, predict_volume
+from etchacell_loop.model.tap import DEFAULT_MIN_COMPONENT_VOXELS, TAP_RULES, TRI_AXES, TapError, TapParams, TapRule
+
+PROMOTED = "promoted"
+PHASES = {"resampling": "resampling to model voxels", "predicting": "predicting", "post-processing": "components"}
+
+
+@operator_errors
+def predict(
+    ctx: typer.Context,
+    volume_path: Annotated[Path, typer.Argument(metavar="VOLUME", help="OME-Zarr, TIFF stack or folder of TIFFs")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help=f"model version in the database, {PROMOTED!r}, or a .keras file")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the OME-Zarr to write, e.g. pred.zarr")],
+    tap: Annotated[bool, typer.Option("--tap/--no-tap", help="predict along all three axes (TAP) or z only")] = True,
+    rule: Annotated[str, typer.Option(help=f"how the axes combine: {', '.join(TAP_RULES)}")] = "all",
+    roi: Annotated[
+        str | None, typer.Option(help="predict one ROI: a name the volume lists, or a box X,Y,Z,WIDTH,HEIGHT,DEPTH")
+    ] = None,
+    min_component_voxels: Annotated[
+        int, typer.Option(help="remove envelope pieces smaller than this (model voxels)")
+    ] = DEFAULT_MIN_COMPONENT_VOXELS,
+    keep_largest: Annotated[bool, typer.Option(help="keep only the largest piece (one ROI's nucleus)")] = False,
+    voxel_size_nm: Annotated[
+        str | None, typer.Option(help="source voxel size Z,Y,X in nm [default: from the file]")
+    ] = None,
+    chunk: Annotated[str, typer.Option(help="chunk of model voxels Z,Y,X predicted at a time")] = ",".join(
+        map(str, DEFAULT_CHUNK_ZYX)
+    ),
+    overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
+) -> None:
+    """Tri-axis prediction of the nuclear envelope; writes the probability and the envelope as OME-Zarr."""
+    if rule not in TAP_RULES:
+        raise CommandError(f"--rule {rule!r}: expected one of {', '.join(TAP_RULES)}")
+    if min_component_voxels < 0:
+        raise CommandError(f"--min-component-voxels must not be negative, not {min_component_voxels}")
+    if out.exists() and not overwrite:
+        raise CommandError(f"{out} already exists (use --overwrite to replace it)")
+    chunk_zyx = _triple(_parse_ints(chunk, 3, "--chunk"))
+    artifact, described = _resolve_model(ctx, model)
+    try:
+        volume = open_volume(volume_path, voxel_size_nm=_voxel(voxel_size_nm))
+    except VolumeError as exc:
+        raise CommandError(str(exc)) from None
+    with volume:
+        box = _roi(roi, volume.rois) if roi else None
+        predict_fn, preset = _load(artifact)
+        try:
+            params = TapParams(
+                patch_zyx=preset.patch_zyx,
+                axes=TRI_AXES if tap else (0,),
+                rule=_rule(rule),
+                min_component_voxels=min_component_voxels,
+                keep_largest=keep_largest,
+            )
+            with _ProgressBars() as bars:
+                report = predict_volume(
+                    volume, predict_fn, preset, out, params=params, roi=box, chunk_zyx=chunk_zyx,
+                    overwrite=overwrite, model_attrs={**described, "preset": preset.name}, progress=bars.update,
+                )  # fmt: skip
+        except (PredictError, TapError, VolumeError, FileExistsError) as exc:
+            raise CommandError(str(exc)) from None
+    _print_prediction(report)
+
+
+@operator_errors
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="predicted envelope: OME-Zarr (labels/envelope or image) or TIFF")],
+    gt: Annotated[Path, typer.Argument(help="reference envelope, e.g. a synthetic volume (its labels/envelope)")],
+    label: Annotated[str, typer.Option(help="label image to compare, when a volume has it")] = DEFAULT_LABEL,
+    pixel_size_nm: Annotated[
+        float | None, typer.Option(help="in-plane pixel size of the compared grid [default: the prediction's]")
+    ] = None,
+    envelope_width_nm: Annotated[
+        float, typer.Option(help="band width when the reference is redrawn on the prediction's grid")
+    ] = DEFAULT_ENVELOPE_WIDTH_NM,
+    central_slice: Annotated[int | None, typer.Option(help="slice for the area F-measure [default: central]")] = None,
+    name: Annotated[str | None, typer.Option(help="row name [default: the prediction's file name]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
+) -> None:
+    """The paper's Table 1 figures: envelope F-measure, recall, precision, AHD, area F-measure."""
+    if pixel_size_nm is not None and not pixel_size_nm > 0:
+        raise CommandError(f"--pixel-size-nm must be positive, not {pixel_size_nm}")
+    if not envelope_width_nm > 0:
+        raise CommandError(f"--envelope-width-nm must be positive, not {envelope_width_nm}")
+    try:
+        row = evaluate_paths(
+            pred, gt, label=label, pixel_size_nm=pixel_size_nm, envelope_width_nm=envelope_width_nm,
+            central_slice=central_slice,
+        )  # fmt: skip
+    except (EvaluationError, VolumeError) as exc:
+        raise CommandError(str(exc)) from None
+    row_name = name or pred.name
+    if as_json:
+        console.print_json(json.dumps({"name": row_name, **row.as_dict()}))
+    else:
+        console.print(render_table1({row_name: row}), highlight=False, soft_wrap=True)
+
+
+def _resolve_model(ctx: typer.Context, model: str) -> tuple[Path, dict[str, Any]]:
+    """An artefact path, or a version's (``promoted``: the promoted one's) from the database."""
+    candidate = Path(model)
+    if candidate.is_file():
+        return candidate, {"artifact": str(candidate.resolve())}
+    if candidate.suffix == ".keras" or "/" in model:
+        raise CommandError(f"{model}: no such model file")
+    from etchacell_loop.model.registry import RegistryError, find_version, promoted_version
+
+    with state(ctx).engine() as engine, session_scope(engine) as session:
+        try:
+            version = promoted_version(session) if model == PROMOTED else find_version(session, model)
+        except RegistryError as exc:
+            raise CommandError(f"{exc}; and there is no file {model!r}") from None
+        if version is None:
+            raise CommandError("no model version is promoted")
+        described = {"version": version.version, "artifact": version.artifact_uri}
+    artifact = Path(version.artifact_uri.removeprefix("file://"))
+    if not artifact.is_file():
+        raise CommandError(f"model version {described['version']}: its artefact {artifact} is missing")
+    return artifact, described
+
+
+def _load(artifact: Path) -> Any:
+    """The artefact's ``(predict_fn, preset)``; Keras is imported only here (the ``ml`` extra)."""
+    try:
+        from etchacell_loop.model.keras_io import load_predict_fn
+    except ImportError as exc:
+        raise CommandError(f"predicting needs Keras (install the ml extra): {exc}") from None
+    try:
+        return load_predict_fn(artifact)
+    except (ValueError, OSError) as exc:
+        raise CommandError(f"{artifact}: cannot load the model ({str(exc).strip().splitlines()[0]})") from None
+
+
+def _roi(text: str, known: tuple[RoiBox, ...]) -> RoiBox:
+    for box in known:
+        if box.name == text:
+            return box
+    if text.count(",") == 5:
+        x, y, z, width, height, depth = _parse_ints(text, 6, "--roi")
+        return RoiBox("roi", x, y, z, width, height, depth)
+    names = ", ".join(box.name for box in known) or "none"
+    raise CommandError(f"--roi {text!r}: not an ROI of the volume (ROIs: {names}) nor a box X,Y,Z,W,H,D")
+
+
+def _parse_ints(text: str, n: int, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != n or any(v < 0 for v in values) or (option != "--roi" and min(values) < 1):
+        raise CommandError(f"{option} {text!r}: expected {n} whole numbers separated by commas")
+    if option == "--roi" and min(values[3:]) < 1:
+        raise CommandError(f"{option} {text!r}: width, height and depth must be positive")
+    return values
+
+
+def _triple(values: tuple[int, ...]) -> tuple[int, int, int]:
+    return values[0], values[1], values[2]
+
+
+def _voxel(text: str | None) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    from etchacell_loop.imaging.volume import parse_voxel_size_nm
+
+    try:
+        return parse_voxel_size_nm(text)
+    except VolumeError as exc:
+        raise CommandError(f"--voxel-size-nm: {exc}") from None
+
+
+def _rule(name: str) -> TapRule:
+    return "majority" if name == "majority" else "any" if name == "any" else "all"
+
+
+class _ProgressBars:
+    """One bar per phase, on stderr (stdout stays for the report)."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} chunks"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _ProgressBars:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if phase not in self._tasks:
+            self._tasks[phase] = self._progress.add_task(PHASES.get(phase, phase), total=total)
+        self._progress.update(self._tasks[phase], completed=done, total=total)
+
+
+def _print_prediction(report: VolumePrediction) -> None:
+    grid = report.grid
+    shape = " x ".join(map(str, grid.shape_zyx))
+    voxel = " x ".join(f"{v:g}" for v in grid.voxel_size_nm)
+    console.print(f"region {grid.region.name}: {shape} voxels of {voxel} nm (source factor {grid.factor_zyx})")
+    console.print(
+        f"envelope: {report.envelope_voxels} voxels in {report.n_components_kept} piece(s) "
+        f"({report.voted_voxels} before removing small pieces)"
+    )
+    worst = max(report.uncertainty, default=0.0)
+    console.print(f"axes' disagreement per slice: mean {_mean(report.uncertainty):.3f}, worst {worst:.3f}")
+    console.print(f"wrote {report.out} in {report.seconds:.1f} s ({report.n_chunks} chunks)")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0

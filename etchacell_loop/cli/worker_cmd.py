@@ -1,0 +1,39 @@
+"""``etchacell worker``: the GPU worker process that claims and runs training runs."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Annotated
+
+import typer
+from sqlmodel import Session
+
+from etchacell_loop.cli.context import CommandError, console, operator_errors, state
+from etchacell_loop.db import migrate
+from etchacell_loop.loop.worker import install_stop_signals, run_worker
+
+
+@operator_errors
+def worker(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="claim one run, run it, exit")] = False,
+    poll_s: Annotated[float, typer.Option("--poll-s", min=0.1, help="seconds between looks at an empty queue")] = 10.0,
+) -> None:
+    """Claim queued training runs and execute them until SIGTERM (the run in hand goes back to the queue)."""
+    cli = state(ctx)
+    settings = cli.settings
+    stop = threading.Event()
+    install_stop_signals(stop)
+    with cli.engine() as engine:
+        if not migrate.is_up_to_date(engine):
+            raise CommandError("the database schema is not up to date: run `etchacell db upgrade` first")
+        session_factory = functools.partial(Session, engine, expire_on_commit=False)
+        report = run_worker(session_factory, settings, once=once, stop=stop, poll_s=poll_s)
+    if report.claimed == 0 and once:
+        console.print("no training run queued")
+        return
+    console.print(
+        f"training runs: {report.claimed} claimed, {report.succeeded} succeeded, {report.failed} failed, "
+        f"{report.released} handed back, {report.lost} taken by another worker"
+    )

@@ -1,0 +1,235 @@
+"""The training-run queue: queue, claim, heartbeat, finish, fail, release and re-queue runs.
+
+Why a table and not a message broker: the database is already the only meeting point of the daemon,
+the workers and the dashboard, so a run's whole life (who asked, which worker took it, how far it
+got, why it failed) is one row everyone can read. Every state change that a worker makes is a
+single guarded ``UPDATE … WHERE id = … AND status = 'running' AND worker_host = …``: a worker whose
+run was re-queued (it looked dead) and claimed by another changes nothing, and learns so from the
+row count. Claiming is one ``UPDATE`` of the oldest queued row; on PostgreSQL its sub-select takes
+the row ``FOR UPDATE SKIP LOCKED``, so concurrent workers each get a different run without waiting
+on each other; SQLite serialises writers on the database lock, and the ``status = 'queued'`` guard
+in the same statement makes a second claimer miss.
+
+Pure database functions: each takes a :class:`~sqlmodel.Session` and does not commit.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from etchacell_loop.db.models import Event, EventLevel, RunStatus, TrainingRun, TrainingTrigger
+from etchacell_loop.db.types import utcnow
+
+ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class RunAlreadyActive(Exception):
+    """A run is already queued or running, so another one would train on the same data."""
+
+    def __init__(self, run: TrainingRun) -> None:
+        self.run = run
+        super().__init__(
+            f"training run {run.id} is already {run.status.value} "
+            f"(requested by {run.requested_by} at {run.queued_at:%Y-%m-%d %H:%M UTC}); use --force to queue another"
+        )
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's hold on one claimed run: every later update must match both fields."""
+
+    run_id: int
+    worker_host: str
+
+
+def worker_identity() -> str:
+    """``host/pid/nonce``: unique per worker, readable on the dashboard, fits ``worker_host``."""
+    return f"{socket.gethostname()}/{os.getpid()}/{os.urandom(3).hex()}"[:255]
+
+
+def current_user() -> str:
+    """Who is asking, for ``requested_by``: the OS user, else the process id."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"pid-{os.getpid()}"
+
+
+def active_run(session: Session) -> TrainingRun | None:
+    """The oldest queued or running run, if any."""
+    statement = (
+        select(TrainingRun)
+        .where(col(TrainingRun.status).in_(ACTIVE_STATUSES))
+        .order_by(col(TrainingRun.queued_at), col(TrainingRun.id))
+    )
+    return session.exec(statement).first()
+
+
+def queue_training_run(
+    session: Session,
+    trigger: TrainingTrigger,
+    requested_by: str,
+    reason: str | None = None,
+    preset: str = "small",
+    *,
+    force: bool = False,
+) -> TrainingRun:
+    """Queue a run; refused with :class:`RunAlreadyActive` while another is queued or running.
+
+    The refusal is what keeps the daemon's automatic trigger and an operator's button from stacking
+    up identical runs; ``force`` is for the operator who means it.
+    """
+    existing = active_run(session)
+    if existing is not None and not force:
+        raise RunAlreadyActive(existing)
+    run = TrainingRun(trigger=trigger, requested_by=requested_by, reason=reason, preset=preset)
+    session.add(run)
+    session.flush()
+    _event(session, run.id, "training.queued", f"{trigger.value} training run queued by {requested_by}")
+    return run
+
+
+def claim_next_run(session: Session, worker_host: str) -> TrainingRun | None:
+    """Atomically take the oldest queued run for ``worker_host``; None when the queue is empty.
+
+    Must be the first write of its transaction (commit right after it): on SQLite the statement
+    takes the write lock, on PostgreSQL the row lock, and both are held until the commit.
+    """
+    now = utcnow()
+    oldest = (
+        sa.select(col(TrainingRun.id))
+        .where(col(TrainingRun.status) == RunStatus.QUEUED)
+        .order_by(col(TrainingRun.queued_at), col(TrainingRun.id))
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    statement = (
+        sa.update(TrainingRun)
+        .where(col(TrainingRun.id) == oldest, col(TrainingRun.status) == RunStatus.QUEUED)
+        .values(
+            status=RunStatus.RUNNING,
+            worker_host=worker_host,
+            started_at=now,
+            heartbeat_at=now,
+            progress={},  # a re-queued run starts over: the last attempt's epochs are not this one's
+            finished_at=None,
+            error=None,
+        )
+        .returning(col(TrainingRun.id))
+    )
+    claimed = session.connection().execute(statement).scalar_one_or_none()
+    if claimed is None:
+        return None
+    _event(session, claimed, "training.claimed", f"training run {claimed} claimed by {worker_host}")
+    return session.get(TrainingRun, claimed, populate_existing=True)
+
+
+def record_heartbeat(session: Session, lease: Lease, progress: Mapping[str, Any] | None = None) -> bool:
+    """Mark the run alive (and its progress, when given); False when it is no longer this worker's."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = dict(progress)
+    return _update_owned(session, lease, values)
+
+
+def finish_run(session: Session, lease: Lease, metrics: Mapping[str, Any]) -> bool:
+    """The run succeeded; False (and nothing written) when it was taken from this worker."""
+    done = _update_owned(
+        session, lease, {"status": RunStatus.SUCCEEDED, "metrics": dict(metrics), "finished_at": utcnow()}
+    )
+    if done:
+        _event(session, lease.run_id, "training.succeeded", f"training run {lease.run_id} succeeded")
+    return done
+
+
+def fail_run(session: Session, lease: Lease, error: str) -> bool:
+    """The run failed with ``error`` (a traceback); False when it was taken from this worker."""
+    done = _update_owned(session, lease, {"status": RunStatus.FAILED, "error": error, "finished_at": utcnow()})
+    if done:
+        last_line = error.strip().splitlines()[-1] if error.strip() else "unknown error"
+        message = f"training run {lease.run_id} failed: {last_line}"
+        _event(session, lease.run_id, "training.failed", message, EventLevel.ERROR)
+    return done
+
+
+def release_run(session: Session, lease: Lease, reason: str) -> bool:
+    """Put a running run back in the queue (the worker is stopping); its place in line is kept."""
+    values: dict[str, Any] = {"status": RunStatus.QUEUED, "worker_host": None, "started_at": None}
+    done = _update_owned(session, lease, values)
+    if done:
+        message = f"training run {lease.run_id} re-queued by {lease.worker_host}: {reason}"
+        _event(session, lease.run_id, "training.requeued", message, EventLevel.WARNING, {"reason": reason})
+    return done
+
+
+def requeue_stale_runs(session: Session, timeout_s: float, now: datetime | None = None) -> list[int]:
+    """Re-queue running runs silent for longer than ``timeout_s``: their worker is presumed dead.
+
+    Each run is re-queued by its own guarded update, so a heartbeat that lands in between wins and
+    the run stays with its worker. Returns the ids re-queued.
+    """
+    cutoff = (now or utcnow()) - timedelta(seconds=timeout_s)
+    stale = session.exec(
+        select(TrainingRun).where(
+            TrainingRun.status == RunStatus.RUNNING,
+            sa.or_(col(TrainingRun.heartbeat_at).is_(None), col(TrainingRun.heartbeat_at) < cutoff),
+        )
+    ).all()
+    requeued: list[int] = []
+    for run in stale:
+        assert run.id is not None
+        statement = (
+            sa.update(TrainingRun)
+            .where(
+                col(TrainingRun.id) == run.id,
+                col(TrainingRun.status) == RunStatus.RUNNING,
+                sa.or_(col(TrainingRun.heartbeat_at).is_(None), col(TrainingRun.heartbeat_at) < cutoff),
+            )
+            .values(status=RunStatus.QUEUED, worker_host=None, started_at=None)
+        )
+        if session.connection().execute(statement).rowcount == 1:
+            message = f"training run {run.id} re-queued: no heartbeat from {run.worker_host} for over {timeout_s:g} s"
+            payload = {"worker_host": run.worker_host, "heartbeat_at": _iso(run.heartbeat_at)}
+            _event(session, run.id, "training.requeued", message, EventLevel.WARNING, payload)
+            requeued.append(run.id)
+    session.expire_all()
+    return requeued
+
+
+def _update_owned(session: Session, lease: Lease, values: Mapping[str, Any]) -> bool:
+    statement = (
+        sa.update(TrainingRun)
+        .where(
+            col(TrainingRun.id) == lease.run_id,
+            col(TrainingRun.status) == RunStatus.RUNNING,
+            col(TrainingRun.worker_host) == lease.worker_host,
+        )
+        .values(**values)
+    )
+    owned: bool = session.connection().execute(statement).rowcount == 1
+    return owned
+
+
+def _event(
+    session: Session,
+    run_id: int | None,
+    kind: str,
+    message: str,
+    level: EventLevel = EventLevel.INFO,
+    payload: Mapping[str, Any] | None = None,
+) -> None:
+    session.add(Event(kind=kind, message=message, level=level, training_run_id=run_id, payload=dict(payload or {})))
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None

@@ -1,0 +1,243 @@
+"""What a training run learns from: the current consensus masks, as labelled slices, and a snapshot.
+
+Why: a model version must say exactly which consensus it saw, so that two versions can be compared
+fairly and a surprising model can be traced back to its data. The snapshot lists the consensus ids
+per split and the counts, and ``data_hash`` (sha256 over every used consensus id, its split and the
+sha256 of its mask file) changes whenever a mask, a split or the set of slices changes, even when a
+mask file is rewritten under the same name.
+
+Which rows: current ``ConsensusResult`` rows with a mask, of kind volunteer or corrected. When a
+slice has both, the corrected one is used: volunteers made it looking at the image *and* at a
+model's outline, after the volunteer consensus existed. The split is the ROI's; slices of ROIs
+without a split are left out (and counted), as are slices whose subject metadata lacks the crop
+(``#crop_xywh``, ``Scaling factor``) or whose mask file is missing. Where a row's own subject does
+not carry the crop, any subject of the same ROI does: every subject of an ROI shows the same crop.
+
+Reads the database through the given Session; writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from etchacell_loop.db.models import (
+    ConsensusKind,
+    ConsensusResult,
+    DataSplit,
+    Roi,
+    Subject,
+    SubjectKind,
+    Volume,
+)
+from etchacell_loop.imaging.volume import RoiBox
+from etchacell_loop.model.data import LabelledSlice
+from etchacell_loop.subject_metadata import CROP_XYWH_KEY, SCALING_KEY
+
+KIND_PREFERENCE = {ConsensusKind.CORRECTED: 0, ConsensusKind.VOLUNTEER: 1}
+USED_SPLITS = (DataSplit.TRAIN, DataSplit.VALIDATION, DataSplit.TEST)
+CropXYWH = tuple[int, int, int, int]
+
+
+class TrainingSetError(ValueError):
+    """Nothing (or not enough) to train on; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class TrainingSnapshot:
+    """Which consensus a model saw: ids per split, counts, what was skipped and why, the hash."""
+
+    consensus_ids: Mapping[str, tuple[int, ...]]
+    rois: Mapping[str, tuple[int, ...]]
+    skipped: Mapping[str, int]
+    data_hash: str
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {split: len(ids) for split, ids in self.consensus_ids.items()}
+
+    def as_json(self) -> dict[str, Any]:
+        """The form stored in ``model_version.training_data``."""
+        return {
+            "consensus_ids": {split: list(ids) for split, ids in self.consensus_ids.items()},
+            "counts": self.counts,
+            "rois": {split: list(ids) for split, ids in self.rois.items()},
+            "skipped": dict(self.skipped),
+            "data_hash": self.data_hash,
+        }
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """The labelled slices of every split, and their snapshot."""
+
+    slices: tuple[LabelledSlice, ...]
+    snapshot: TrainingSnapshot
+
+
+@dataclass
+class _Candidate:
+    consensus: ConsensusResult
+    roi: Roi
+    volume: Volume
+    subject: Subject | None
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+def build_training_set(session: Session, data_dir: Path) -> TrainingSet:
+    """Every usable current consensus as a :class:`LabelledSlice`; refused when it cannot train.
+
+    Refusals: no usable slice at all, no training slice, or no validation slice (promotion and
+    early stopping are judged on the validation ROIs, so a run without them proves nothing).
+    """
+    skipped: Counter[str] = Counter()
+    slices: list[LabelledSlice] = []
+    digests: list[tuple[int, str, str]] = []
+    ids: dict[str, list[int]] = {split.value: [] for split in USED_SPLITS}
+    rois: dict[str, set[int]] = {split.value: set() for split in USED_SPLITS}
+    fallback_subjects = _subjects_with_crop(session)
+    for consensus, roi, volume, subject in _preferred(current_consensus(session)):
+        if roi.split not in USED_SPLITS:
+            skipped["roi without split"] += 1
+            continue
+        layout = _crop_and_scale(subject) or _crop_and_scale(fallback_subjects.get(roi.id or -1))
+        if layout is None:
+            skipped["no #crop_xywh / Scaling factor in subject metadata"] += 1
+            continue
+        mask_path = resolve_uri(consensus.mask_uri or "", data_dir)
+        if not mask_path.is_file():
+            skipped["mask file missing"] += 1
+            continue
+        assert consensus.id is not None and roi.id is not None
+        crop, scale = layout
+        split = roi.split.value
+        slices.append(_labelled_slice(consensus, roi, volume, crop, scale, mask_path))
+        digests.append((consensus.id, split, file_digest(mask_path)))
+        ids[split].append(consensus.id)
+        rois[split].add(roi.id)
+    snapshot = TrainingSnapshot(
+        consensus_ids={split: tuple(sorted(values)) for split, values in ids.items()},
+        rois={split: tuple(sorted(values)) for split, values in rois.items()},
+        skipped=dict(skipped),
+        data_hash=data_hash(digests),
+    )
+    require_trainable(snapshot)
+    return TrainingSet(tuple(slices), snapshot)
+
+
+def current_consensus(session: Session) -> list[tuple[ConsensusResult, Roi, Volume, Subject | None]]:
+    """Current volunteer and corrected consensus rows with a mask, joined to ROI, volume, subject."""
+    statement = (
+        select(ConsensusResult, Roi, Volume, Subject)
+        .join(Roi, col(ConsensusResult.roi_id) == col(Roi.id))
+        .join(Volume, col(Roi.volume_id) == col(Volume.id))
+        .outerjoin(Subject, col(ConsensusResult.subject_id) == col(Subject.id))
+        .where(
+            col(ConsensusResult.is_current).is_(True),
+            col(ConsensusResult.mask_uri).is_not(None),
+            col(ConsensusResult.kind).in_(list(KIND_PREFERENCE)),
+        )
+        .order_by(col(ConsensusResult.roi_id), col(ConsensusResult.slice_index), col(ConsensusResult.id))
+    )
+    return [(c, r, v, s) for c, r, v, s in session.exec(statement).all()]
+
+
+def require_trainable(snapshot: TrainingSnapshot) -> None:
+    """Refuse a snapshot without training or validation slices, naming what is missing."""
+    counts = snapshot.counts
+    skipped = "; skipped: " + ", ".join(f"{n} {why}" for why, n in snapshot.skipped.items()) if snapshot.skipped else ""
+    if not any(counts.values()):
+        raise TrainingSetError(f"nothing to train on: no current consensus with a usable mask{skipped}")
+    if counts.get(DataSplit.TRAIN.value, 0) == 0:
+        raise TrainingSetError(f"no consensus slice in a training ROI (set roi.split = 'train'){skipped}")
+    if counts.get(DataSplit.VALIDATION.value, 0) == 0:
+        raise TrainingSetError(f"no consensus slice in a validation ROI (set roi.split = 'validation'){skipped}")
+
+
+def data_hash(entries: Iterable[tuple[int, str, str]]) -> str:
+    """sha256 over the sorted (consensus id, split, mask digest) lines."""
+    digest = hashlib.sha256()
+    for consensus_id, split, mask_digest in sorted(entries):
+        digest.update(f"{consensus_id} {split} {mask_digest}\n".encode())
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def resolve_uri(uri: str, data_dir: Path) -> Path:
+    """A stored file URI as a path: ``file://`` stripped; relative paths are under the data directory."""
+    path = Path(uri.removeprefix("file://"))
+    return path if path.is_absolute() else data_dir / path
+
+
+def parse_crop(text: str) -> CropXYWH:
+    """``"x,y,w,h"`` → four ints; ValueError when it is not that."""
+    parts = [int(part) for part in str(text).split(",")]
+    if len(parts) != 4 or parts[2] <= 0 or parts[3] <= 0:
+        raise ValueError(f"not a crop 'x,y,w,h': {text!r}")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def _preferred(
+    rows: Sequence[tuple[ConsensusResult, Roi, Volume, Subject | None]],
+) -> list[tuple[ConsensusResult, Roi, Volume, Subject | None]]:
+    """One row per (ROI, slice): corrected before volunteer consensus."""
+    best: dict[tuple[int, int], tuple[ConsensusResult, Roi, Volume, Subject | None]] = {}
+    for row in rows:
+        key = (row[0].roi_id, row[0].slice_index)
+        if key not in best or KIND_PREFERENCE[row[0].kind] < KIND_PREFERENCE[best[key][0].kind]:
+            best[key] = row
+    return list(best.values())
+
+
+def _subjects_with_crop(session: Session) -> dict[int, Subject]:
+    """One subject per ROI whose metadata has the crop, raw subjects first."""
+    found: dict[int, Subject] = {}
+    statement = select(Subject).order_by(col(Subject.roi_id), col(Subject.kind) != SubjectKind.RAW, col(Subject.id))
+    for subject in session.exec(statement).all():
+        if subject.roi_id not in found and _crop_and_scale(subject) is not None:
+            found[subject.roi_id] = subject
+    return found
+
+
+def _crop_and_scale(subject: Subject | None) -> tuple[CropXYWH, float] | None:
+    if subject is None:
+        return None
+    metadata = subject.panoptes_metadata or {}
+    try:
+        crop = parse_crop(metadata[CROP_XYWH_KEY])
+        scale = float(metadata[SCALING_KEY])
+    except (KeyError, ValueError, TypeError):
+        return None
+    return (crop, scale) if scale > 0 else None
+
+
+def _labelled_slice(
+    consensus: ConsensusResult,
+    roi: Roi,
+    volume: Volume,
+    crop: CropXYWH,
+    scale: float,
+    mask_path: Path,
+) -> LabelledSlice:
+    box = RoiBox(roi.name, roi.x, roi.y, roi.z, roi.width, roi.height, roi.depth)
+    return LabelledSlice(
+        volume_path=volume.storage_uri.removeprefix("file://"),
+        roi=box,
+        z=consensus.slice_index,
+        crop_xywh=crop,
+        scaling_factor=scale,
+        mask_path=str(mask_path),
+        split=roi.split.value,
+        consensus_id=consensus.id,
+    )
