@@ -22,7 +22,10 @@ default of one process (``--theirs-cpus`` changes that).
 
 Peak memory is that of the whole process tree (our workers are processes): the tree is sampled every
 50 ms and the largest sum of resident set sizes is reported; shared pages are counted once per
-process, so this overstates, and the sum of proportional set sizes (PSS) is shown beside it.
+process, so this overstates, and the sum of proportional set sizes (PSS) is shown beside it. The
+sampling must stay cheap, since it shares the cores with what it measures: the tree is looked up in
+/proc once a second (a scan of every process costs milliseconds) and PSS is read twice a second (the
+kernel walks every page table for it), RSS from each process's status file every 50 ms.
 
 ``--limit-theirs N`` runs panoptes-aggregation on the rows of the export's first N subjects only and
 scales its extract and reduce times by the ratio of classification counts (start-up is not scaled).
@@ -53,6 +56,8 @@ PA_VENV = ROOT / "bench" / ".venv-pa"
 PA_PYTHON = PA_VENV / "bin" / "python"
 PA_REQUIREMENT = "panoptes-aggregation==5.3.1"
 SAMPLE_S = 0.05
+TREE_SCAN_S = 1.0
+PSS_SAMPLE_S = 0.5
 GIB = 1024**3
 TARGET_SPEEDUP = 20.0
 TARGET_PEAK_BYTES = 2 * GIB
@@ -141,20 +146,39 @@ class TreeMemory:
     peak_single_rss: int = 0  # the largest one process reached (its VmHWM)
     peak_processes: int = 0
 
-    def sample(self, root: int) -> None:
+    def sample(self, pids: Sequence[int], with_pss: bool) -> None:
         rss = pss = 0
-        pids = process_tree(root)
         for pid in pids:
             try:
                 status = _status_fields(pid)
             except OSError:
                 continue
             rss += _kib(status.get("VmRSS"))
-            pss += _pss_bytes(pid)
+            pss += _pss_bytes(pid) if with_pss else 0
             self.peak_single_rss = max(self.peak_single_rss, _kib(status.get("VmHWM")))
         self.peak_rss_sum = max(self.peak_rss_sum, rss)
         self.peak_pss_sum = max(self.peak_pss_sum, pss)
         self.peak_processes = max(self.peak_processes, len(pids))
+
+
+@dataclass
+class TreeSampler:
+    """Samples a process tree into a :class:`TreeMemory`, each figure as often as its cost allows."""
+
+    root: int
+    memory: TreeMemory
+    pids: list[int] = field(default_factory=list)
+    scanned_at: float = float("-inf")
+    pss_at: float = float("-inf")
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        if now - self.scanned_at >= TREE_SCAN_S:
+            self.pids, self.scanned_at = process_tree(self.root), now
+        with_pss = now - self.pss_at >= PSS_SAMPLE_S
+        if with_pss:
+            self.pss_at = now
+        self.memory.sample(self.pids, with_pss)
 
 
 @dataclass
@@ -173,9 +197,11 @@ def measure(command: Sequence[str], env: dict[str, str] | None = None) -> Measur
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as child:
         done = threading.Event()
 
+        tree = TreeSampler(child.pid, memory)
+
         def sampler() -> None:
             while not done.is_set():
-                memory.sample(child.pid)
+                tree.sample()
                 done.wait(SAMPLE_S)
 
         thread = threading.Thread(target=sampler, daemon=True)

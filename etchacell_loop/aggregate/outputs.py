@@ -9,6 +9,14 @@ PNGs are 8-bit greyscale, written by :func:`encode_gray_png`: no row filter, zli
 run-length strategy. Masks and vote maps are long runs of equal values, so the files stay small, and
 encoding costs half of what Pillow's adaptive filtering does (Pillow spends 3 ms on an all-black
 1000x1000 image) — for a paper-sized export, three images for each of four thousand subjects.
+
+Even so, deflating a megabyte of zeros costs zlib about 3 ms, and a nucleus fills a band of rows in the
+middle of its image: the rows above and below it are all zero. Those are written as copies of one
+deflated block of :data:`ZERO_BLOCK_ROWS` zero rows (a block deflated on its own and flushed to a byte
+boundary decodes the same wherever it stands in the stream, and the zlib checksum of zeros has a
+closed form), and only the band of rows holding the nucleus is deflated. The files decode to the same
+pixels as one deflation of the whole image; on synthetic exports' consensus images they are 8%
+larger and take 40% of the time.
 """
 
 from __future__ import annotations
@@ -27,6 +35,10 @@ from numpy.typing import NDArray
 from etchacell_loop.cria.consensus import Consensus
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ZLIB_HEADER = b"\x78\x01"  # deflate with a 32 KiB window, fastest level
+ADLER_MODULUS = 65521
+ZERO_BLOCK_ROWS = 32  # the band deflated whole starts and ends within this many rows of the nucleus
+DEFLATE_MEMORY_LEVEL = 6  # run-length deflation uses no hash table: smaller buffers stay in cache (40% faster than 9)
 OUTPUT_FOLDERS = ("masks", "envelope", "confidence")
 
 
@@ -66,14 +78,19 @@ def prepare_folders(out_dir: Path) -> None:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
 
 
-def write_subject_images(out_dir: Path, subject_id: int, consensus: Consensus) -> None:
-    """The three images of one subject. Written in place (a rename per image costs as much as
-    encoding it): ``summary.csv`` is written last and atomically, so a run's images are complete when
-    its summary exists."""
+def write_subject_images(out_dir: Path, subject_ids: Iterable[int], consensus: Consensus) -> None:
+    """The three images of each subject showing the slice (encoded once for all of them). Written in
+    place (a rename per image costs as much as encoding it): ``summary.csv`` is written last and
+    atomically, so a run's images are complete when its summary exists."""
     confidence = (consensus.confidence * np.float32(255) + np.float32(0.5)).astype(np.uint8)  # 0..1 → 0..255
-    _write_png(out_dir / "masks" / f"{subject_id}.png", _binary(consensus.area))
-    _write_png(out_dir / "envelope" / f"{subject_id}.png", _binary(consensus.band))
-    _write_png(out_dir / "confidence" / f"{subject_id}.png", confidence)
+    images = {
+        "masks": encode_gray_png(_binary(consensus.area)),
+        "envelope": encode_gray_png(_binary(consensus.band)),
+        "confidence": encode_gray_png(confidence),
+    }
+    for subject_id in subject_ids:
+        for folder, png in images.items():
+            (out_dir / folder / f"{subject_id}.png").write_bytes(png)
 
 
 def write_csv(path: Path, rows: Iterable[object], columns: Sequence[str]) -> None:
@@ -95,19 +112,45 @@ def _binary(mask: NDArray[np.bool_]) -> NDArray[np.uint8]:
     return mask.view(np.uint8) * np.uint8(255)
 
 
-def _write_png(path: Path, image: NDArray[np.uint8]) -> None:
-    path.write_bytes(encode_gray_png(image))
-
-
 def encode_gray_png(image: NDArray[np.uint8]) -> bytes:
     """An 8-bit greyscale PNG of ``image`` (height, width), as any PNG reader decodes it."""
     height, width = image.shape
-    rows = np.zeros((height, width + 1), dtype=np.uint8)  # each row: filter type 0, then its pixels
-    rows[:, 1:] = image
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    pixels = compressor.compress(rows.data) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
-    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", pixels) + _chunk(b"IEND", b"")
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", _zlib_rows(image)) + _chunk(b"IEND", b"")
+
+
+def _zlib_rows(image: NDArray[np.uint8]) -> bytes:
+    """The zlib stream of the image's PNG rows (filter byte 0, then the pixels), the all-zero rows
+    above and below the others written as copies of one deflated block of zero rows."""
+    height, width = image.shape
+    row_bytes = width + 1
+    used = np.flatnonzero(image.any(axis=1))
+    first, last = (int(used[0]), int(used[-1]) + 1) if used.size else (height, height)
+    above, below = first // ZERO_BLOCK_ROWS, (height - last) // ZERO_BLOCK_ROWS  # whole blocks of zero rows
+    start, stop = above * ZERO_BLOCK_ROWS, height - below * ZERO_BLOCK_ROWS
+    rows = np.zeros((stop - start, row_bytes), dtype=np.uint8)
+    rows[:, 1:] = image[start:stop]
+    zero_bytes = ZERO_BLOCK_ROWS * row_bytes
+    zero_block = _deflated(bytes(zero_bytes)) if above or below else b""
+    deflated = [zero_block] * above + [_deflated(rows.data)] + [zero_block] * below + [_deflated(b"", last=True)]
+    checksum = _adler32_of_zeros(above * zero_bytes, zlib.adler32(b""))
+    checksum = _adler32_of_zeros(below * zero_bytes, zlib.adler32(rows.data, checksum))
+    return ZLIB_HEADER + b"".join(deflated) + struct.pack(">I", checksum)
+
+
+def _deflated(data: bytes | memoryview, last: bool = False) -> bytes:
+    """``data`` as raw deflate blocks from a fresh compressor: no reference reaches outside them, and
+    they end on a byte boundary (a sync flush), so they can stand anywhere in a stream; ``last`` ends
+    the stream."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -15, DEFLATE_MEMORY_LEVEL, zlib.Z_RLE)
+    return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+def _adler32_of_zeros(n_bytes: int, checksum: int) -> int:
+    """``zlib.adler32(bytes(n_bytes), checksum)`` without reading the zeros: a zero byte leaves the
+    first sum as it is and adds it to the second."""
+    first, second = checksum & 0xFFFF, checksum >> 16
+    return (((second + n_bytes * first) % ADLER_MODULUS) << 16) | first
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

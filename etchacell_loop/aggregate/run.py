@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from etchacell_loop.aggregate.heap import keep_freed_memory
 from etchacell_loop.aggregate.outputs import (
     SubjectSummary,
     VolunteerSummary,
@@ -124,7 +125,7 @@ def aggregate_export(
     prepare_folders(out_dir)
     (out_dir / "summary.csv").unlink(missing_ok=True)
     workers = options.workers if options.workers is not None else (os.cpu_count() or 1)
-    pool: Executor | None = ProcessPoolExecutor(max_workers=workers) if workers > 0 else None
+    pool: Executor | None = ProcessPoolExecutor(max_workers=workers, initializer=_start_worker) if workers > 0 else None
     try:
         started = time.perf_counter()
         assembler, tallies, pixel_nm, issues = _read(export, options, report, pool, progress)
@@ -145,6 +146,11 @@ def aggregate_export(
             pool.shutdown()
     _finish(report, assembler, tallies, results, records, issues, options)
     return report
+
+
+def _start_worker() -> None:
+    """Each worker keeps the memory it frees for its next slice (see ``heap``)."""
+    keep_freed_memory()
 
 
 def _read(
@@ -284,8 +290,7 @@ def _vote_slice(task: _SliceTask) -> _SliceResult:
     consensus = slice_consensus(
         drawings.drawings, drawings.n_classifications, drawings.shape, task.params, task.records
     )
-    for subject_id in drawings.subject_ids:
-        write_subject_images(task.out_dir, subject_id, consensus)
+    write_subject_images(task.out_dir, drawings.subject_ids, consensus)
     return _SliceResult(drawings.key, consensus.area_px, consensus.stability, consensus.outcomes, consensus.n_flagged)
 
 

@@ -16,6 +16,7 @@ retirement policy asks whether one more volunteer still changes the answer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
@@ -157,8 +158,10 @@ def consensus_of_ballots(
     confidence = _paste(vote.confidence, region, shape)
     stability = dice(vote.area, vote.previous_area) if vote.previous_area is not None else None
     band = envelope_band(area, params.envelope_width_nm / params.pixel_size_nm)
+    area_px = int(np.count_nonzero(vote.area))
     outcomes = tuple(
-        _outcome(d, b, included, area, region) for d, b, included in zip(drawings, ballots, vote.included, strict=True)
+        _outcome(d, b, included, area, area_px, region)
+        for d, b, included in zip(drawings, ballots, vote.included, strict=True)
     )
     return Consensus(area, band, confidence, len(ballots), n_classifications, outcomes, stability, params.method)
 
@@ -189,17 +192,25 @@ def envelope_band(area: Mask, width_px: float) -> Mask:
 
 
 def _erode(mask: Mask, radius: int) -> Mask:
-    """Binary erosion by a disk, as the AND of shifted copies (one per disk offset). For the few
-    pixels of a band's radius this is several times faster than a general morphology routine; pixels
-    within ``radius`` of the edge of ``mask`` come out empty (callers pad)."""
+    """Binary erosion by a disk, as the AND of shifted copies. Each row of the disk is a run of
+    offsets along x, so the mask is first eroded along x by every half-width a row needs (each from
+    the one before: two ANDs), and the rows are then combined shifted along y: 2r + (2r + 1) array
+    operations instead of one per disk pixel. For the few pixels of a band's radius this is many times
+    faster than a general morphology routine; pixels within ``radius`` of the edge of ``mask`` come
+    out empty (callers pad)."""
     height, width = mask.shape
     out = np.zeros_like(mask)
+    if height <= 2 * radius or width <= 2 * radius:
+        return out
+    along_x = [mask[:, radius : width - radius]]  # along_x[w]: AND over x offsets -w..w
+    for w in range(1, radius + 1):
+        along_x.append(
+            along_x[-1] & mask[:, radius - w : width - radius - w] & mask[:, radius + w : width - radius + w]
+        )
     core = out[radius : height - radius, radius : width - radius]
     core[...] = True
     for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            if dx * dx + dy * dy <= radius * radius:
-                core &= mask[radius + dy : height - radius + dy, radius + dx : width - radius + dx]
+        core &= along_x[math.isqrt(radius * radius - dy * dy)][radius + dy : height - radius + dy]
     return out
 
 
@@ -209,13 +220,16 @@ def dice(a: Mask, b: Mask) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
 
 
-def _outcome(drawing: Drawing, ballot: Ballot, included: bool, area: Mask, region: Region) -> DrawerOutcome:
+def _outcome(
+    drawing: Drawing, ballot: Ballot, included: bool, area: Mask, area_px: int, region: Region
+) -> DrawerOutcome:
+    """``area_px`` is the area's pixel count, counted once for every drawer."""
     fill: Patch = ballot.fill
     tp = (
         int(np.count_nonzero(fill.mask & area[fill.top : fill.bottom, fill.left : fill.right])) if fill.mask.size else 0
     )
     fp = fill.area_px - tp
-    fn = int(np.count_nonzero(area)) - tp
+    fn = area_px - tp
     tn = max(0, region.shape[0] * region.shape[1] - tp - fp - fn)
     total = 2 * tp + fp + fn
     return DrawerOutcome(
