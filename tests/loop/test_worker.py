@@ -73,12 +73,14 @@ def _register(session_factory: SessionFactory, run: TrainingRun, f_measure: floa
 
 
 def _steal(session_factory: SessionFactory, run_id: int) -> None:
-    """Another party decides the run is dead and a second worker claims it."""
+    """Another party decides the run is dead and a second worker claims it. The heartbeat is aged
+    and the run re-queued in one transaction: the worker's heartbeat thread, beating every 50 ms,
+    would otherwise refresh it in between."""
     with session_factory() as session:
         run = session.get(TrainingRun, run_id)
         assert run is not None
         run.heartbeat_at = utcnow() - timedelta(hours=1)
-        session.commit()
+        session.flush()
         assert runs.requeue_stale_runs(session, timeout_s=60) == [run_id]
         session.commit()
         thief = runs.claim_next_run(session, "thief")
