@@ -54,25 +54,51 @@ step "Sign in with client credentials and look at the project"
 etchacell panoptes check
 etchacell panoptes register
 
-step "Volunteers classify (simulated through the sandbox), then the loop pulls: twice, the second finds nothing new"
-"$BIN/python" - "$PORT" <<'PY'
-import os, sys
-import httpx
-from panoptes_client import Panoptes
-url = f"http://127.0.0.1:{sys.argv[1]}"
-client = Panoptes(endpoint=url, client_id="sandbox", client_secret="sandbox-secret", username="", password="")
-with client:
-    project = os.environ["ETCHACELL_PANOPTES__PROJECT_ID"]
-    subject = client.post("/subjects", json={"subjects": {"locations": ["image/jpeg"], "metadata": {}, "links": {"project": project}}})[0]
-mark = {"frame": 2, "toolIndex": 0, "toolType": "freehandLine", "pathX": [100, 200, 150], "pathY": [100, 120, 200]}
-made = httpx.post(f"{url}/_sandbox/classifications/bulk", timeout=60, json={
-    "workflow_id": int(os.environ["ETCHACELL_PANOPTES__SEGMENTATION_WORKFLOW_ID"]),
-    "subject_ids": [int(subject["subjects"][0]["id"])], "per_subject": 40,
-    "annotations": [{"task": "T0", "taskType": "drawing", "value": [mark]}]}).json()
-print(f"{made['created']} classifications posted")
-PY
+step "A synthetic SBF-SEM volume with known truth (OME-Zarr; docs/synthetic-data.md)"
+VOLUME="$ETCHACELL_DATA_DIR/hela.zarr"
+etchacell synth volume "$VOLUME" --shape 24,512,512 --cells 2 --seed 1 --overwrite
+
+step "Subjects: every slice of every nucleus as a 5-frame flipbook (demo size: 512 px crops shown at 256 px)"
+export ETCHACELL_IMAGING__CROP_SIZE_PX=512 ETCHACELL_IMAGING__SUBJECT_SIZE_PX=256
+etchacell subjects prepare "$VOLUME" --all-rois --out "$ETCHACELL_DATA_DIR/subjects"
+etchacell subjects prepare "$VOLUME" --all-rois --out "$ETCHACELL_DATA_DIR/subjects"   # again: nothing new to write
+
+step "Upload them to the sandbox, idempotently (the second run finds every subject already there)"
+etchacell subjects upload "$ETCHACELL_DATA_DIR/subjects" --subject-set "hela round 1"
+etchacell subjects upload "$ETCHACELL_DATA_DIR/subjects" --subject-set "hela round 1"
+
+step "Simulated volunteers trace the envelope through the sandbox, as the Zooniverse front ends would"
+etchacell sandbox volunteers --url "http://127.0.0.1:$PORT" --workflow "$ETCHACELL_PANOPTES__SEGMENTATION_WORKFLOW_ID" \
+  --truth "$VOLUME" --max-classifications 240 --seed 1
+
+step "The loop pulls new classifications: twice, the second finds nothing new"
 etchacell panoptes pull
 etchacell panoptes pull
 etchacell query cursor_lag
+
+step "A classification export, as Project → Data exports gives it, aggregated with CRIA"
+"$BIN/python" - "$PORT" "$ETCHACELL_DATA_DIR/export.csv" <<'PY'
+import gzip, logging, os, sys, time
+import httpx
+from panoptes_client import Panoptes
+url, out = f"http://127.0.0.1:{sys.argv[1]}", sys.argv[2]
+logging.getLogger("httpx").setLevel(logging.WARNING)
+client = Panoptes(endpoint=url, client_id="sandbox", client_secret="sandbox-secret", username="", password="")
+project = os.environ["ETCHACELL_PANOPTES__PROJECT_ID"]
+with client:
+    client.post(f"/projects/{project}/classifications_export", json={"media": {"content_type": "text/csv"}})
+    for _ in range(120):
+        media = client.get(f"/projects/{project}/classifications_export")[0]["media"][0]
+        if media.get("metadata", {}).get("state") == "ready":
+            break
+        time.sleep(0.5)
+data = httpx.get(media["src"], timeout=60).content
+with open(out, "wb") as handle:
+    handle.write(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+print(f"export written to {out}")
+PY
+etchacell aggregate "$ETCHACELL_DATA_DIR/export.csv" --out "$ETCHACELL_DATA_DIR/consensus" \
+  --workflow-id "$ETCHACELL_PANOPTES__SEGMENTATION_WORKFLOW_ID"
+head -5 "$ETCHACELL_DATA_DIR/consensus/summary.csv"
 
 printf '\nDemo data lives in %s (remove it with `make clean-demo`).\n' "$ETCHACELL_DATA_DIR"
