@@ -18,6 +18,7 @@ import enum
 import hashlib
 import json
 import math
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -446,10 +447,24 @@ def _export_row(line: int, values: Sequence[str], position: Mapping[str, int]) -
         return RowProblem(line, f"unreadable row: {exc}")
 
 
+_RUBY_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2}) UTC", re.ASCII)
+
+
 def parse_export_time(text: str) -> datetime:
-    """``2025-01-21 16:08:41 UTC`` (the export's Ruby format) or ISO 8601, as aware UTC."""
+    """``2025-01-21 16:08:41 UTC`` (the export's Ruby format) or ISO 8601, as aware UTC.
+
+    The Ruby format's usual zero-padded form is read field by field: ``strptime`` costs about twenty
+    times more, a few CPU-seconds over a 100,000-row export. Anything else it accepts (unpadded
+    fields) or rejects (a 13th month: its own message) still goes through ``strptime``."""
     stripped = text.strip()
     if stripped.endswith(" UTC"):
+        fields = _RUBY_TIME.fullmatch(stripped)
+        if fields is not None:
+            year, month, day, hour, minute, second = map(int, fields.groups())
+            try:
+                return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+            except ValueError:
+                pass
         return datetime.strptime(stripped, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
     parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,24 @@ def test_export_time_formats() -> None:
     ruby = parse_export_time("2025-01-21 16:08:41 UTC")
     iso = parse_export_time("2025-01-21T16:08:41.380Z")
     assert ruby.tzinfo is not None and (iso - ruby).total_seconds() == pytest.approx(0.38)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2025-01-21 16:08:41 UTC", " 2024-02-29 23:59:59 UTC\n", "2025-1-2 3:04:05 UTC", "0999-12-31 00:00:00 UTC"],
+)
+def test_export_time_reads_the_ruby_format_as_strptime_does(text: str) -> None:
+    expected = datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
+    parsed = parse_export_time(text)
+    assert parsed == expected and parsed.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "text", ["2025-13-01 00:00:00 UTC", "2025-02-30 00:00:00 UTC", "2025-01-01 24:00:00 UTC", "2025-01-0x 00:00:00 UTC"]
+)
+def test_bad_export_times_are_refused_with_strptimes_message(text: str) -> None:
+    with pytest.raises(ValueError) as expected:
+        datetime.strptime(text, "%Y-%m-%d %H:%M:%S UTC")
+    with pytest.raises(ValueError) as refused:
+        parse_export_time(text)
+    assert str(refused.value) == str(expected.value)

@@ -127,17 +127,18 @@ def plain_vote(
     """The paper's CRIA vote (weighted by reliability only when records are given)."""
     weights = np.array([_weight(b, params) for b in ballots], dtype=np.float32)
     members = np.ones(len(ballots), np.bool_)
-    return _weighted_vote(region.stack(ballots), weights, members, n_abstaining, params, leave_out)
+    return _weighted_vote(ballots, region, weights, members, n_abstaining, params, leave_out)
 
 
 def robust_vote(
     ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams, leave_out: int | None = None
 ) -> Vote:
     """Vote among the drawings that overlap the medoid drawing, weighted by pooled reliability.
-    The gate looks at a coarse stack; the vote stacks only the members, over their own box."""
+    The gate looks at a coarse stack; the vote counts only the members, over their own box."""
     weights = np.array([_weight(b, params) for b in ballots], dtype=np.float32)
     coarse = region.stack(ballots, max(1, params.gate_stride_px))
-    members = _medoid_cluster(coarse, weights, params)
+    iou = _gate_iou(coarse)  # once: the gate without the left-out drawing reads its submatrix
+    members = _medoid_cluster(iou, weights, params)
     chosen_index = np.flatnonzero(members)
     chosen = [ballots[int(i)] for i in chosen_index]
     inner = region_of(chosen)
@@ -147,13 +148,13 @@ def robust_vote(
         rest = np.ones(len(ballots), np.bool_)
         rest[leave_out] = False
         members_without = np.zeros(len(ballots), np.bool_)
-        members_without[rest] = _medoid_cluster(coarse[rest], weights[rest], params)
+        members_without[rest] = _medoid_cluster(iou[np.ix_(rest, rest)], weights[rest], params)
         expected = members & rest
         recount = not np.array_equal(members_without, expected)  # the gate itself moved: vote again
         if members[leave_out] and not recount:
             within_chosen = int(np.searchsorted(chosen_index, leave_out))
     vote = _weighted_vote(
-        inner.stack(chosen), weights[members], np.ones(len(chosen), np.bool_), n_abstaining, params, within_chosen
+        chosen, inner, weights[members], np.ones(len(chosen), np.bool_), n_abstaining, params, within_chosen
     )
     confidence, area = _place(vote.confidence, inner, region), _place(vote.area, inner, region)
     previous: Mask | None = None
@@ -223,28 +224,31 @@ def _weight(ballot: Ballot, params: MethodParams) -> float:
 
 
 def _weighted_vote(
-    stack: Mask,
+    ballots: Sequence[Ballot],
+    region: Region,
     weights: NDArray[np.float32],
     members: NDArray[np.bool_],
     n_abstaining: int,
     params: MethodParams,
     leave_out: int | None = None,
 ) -> Vote:
+    """The vote over ``region``, counted fill by fill (see :func:`weighted_fill_count`)."""
     chosen = weights * members
     total = float(chosen.sum())
     if params.denominator == "classifications":
         total += n_abstaining
-    shape = stack.shape[1:]
+    shape = region.shape
     included = tuple(bool(m) for m in members)
-    if total <= 0 or not stack.size:
+    if total <= 0 or not len(ballots) or not shape[0] * shape[1]:
         empty = np.zeros(shape, np.bool_)
         return Vote(np.zeros(shape, np.float32), empty, included, empty if leave_out is not None else None)
-    height = weighted_count(stack, chosen)
+    height = weighted_fill_count([b.fill for b in ballots], chosen, region)
     area = height >= np.float32(params.agreement_fraction * total - 1e-6)
     previous = None
     if leave_out is not None:
         left = float(chosen[leave_out])
-        rest_height = height - np.float32(_quantised(left)) * stack[leave_out] if left else height
+        left_fill = region.stack([ballots[leave_out]])[0] if left else None
+        rest_height = height - np.float32(_quantised(left)) * left_fill if left_fill is not None else height
         rest_total = total - left
         previous = rest_height >= np.float32(params.agreement_fraction * rest_total - 1e-6) if rest_total > 0 else None
         previous = previous if previous is not None else np.zeros(shape, np.bool_)
@@ -288,15 +292,51 @@ def weighted_count(stack: Mask, weights: NDArray[np.float32]) -> FloatMap:
     return np.asarray(height, np.float32) / np.float32(WEIGHT_STEPS)
 
 
-def _medoid_cluster(coarse: Mask, weights: NDArray[np.float32], params: MethodParams) -> NDArray[np.bool_]:
-    """The drawings whose IoU with the medoid reaches ``gate_iou`` (the medoid included), measured on
-    a coarse stack of the fills."""
-    stack = coarse
-    n = len(stack)
+def weighted_fill_count(fills: Sequence[Patch], weights: NDArray[np.float32], region: Region) -> FloatMap:
+    """:func:`weighted_count` of the fills' stack over ``region`` (which holds every fill), the same
+    numbers without building the stack: each fill is added over its own patch only. A stack is
+    drawers x region, mostly empty, and filling it and summing it cost more than the vote itself."""
+    used = weights > 0
+    if not used.any():
+        return np.zeros(region.shape, np.float32)
+    if np.all(weights[used] == weights[used][0]):
+        count = np.zeros(region.shape, np.uint8 if int(used.sum()) < 256 else np.uint32)
+        for fill, use in zip(fills, used, strict=True):
+            if use and fill.mask.size:
+                count[_window(fill, region)] += fill.mask.view(np.uint8)
+        return np.asarray(count, np.float32) * np.float32(_quantised(float(weights[used][0])))
+    steps = np.rint(weights * WEIGHT_STEPS).astype(np.uint32)
+    sum_type = np.uint16 if int(steps.sum()) < 2**16 else np.uint32
+    height = np.zeros(region.shape, dtype=sum_type)
+    for fill, step in zip(fills, steps, strict=True):
+        if step and fill.mask.size:
+            height[_window(fill, region)] += fill.mask.view(np.uint8) * sum_type(step)
+    return np.asarray(height, np.float32) / np.float32(WEIGHT_STEPS)
+
+
+def _window(fill: Patch, region: Region) -> tuple[slice, slice]:
+    """Where a fill's patch lies in a region that holds it."""
+    top, left = fill.top - region.top, fill.left - region.left
+    return slice(top, top + fill.mask.shape[0]), slice(left, left + fill.mask.shape[1])
+
+
+def _gate_iou(coarse: Mask) -> NDArray[np.float32]:
+    """The IoU of every pair of drawings on a coarse stack of their fills, zero on the diagonal (a
+    drawing's agreement with itself says nothing); with two drawings or fewer no gate is needed."""
+    n = len(coarse)
+    if n <= 2:
+        return np.zeros((n, n), np.float32)
+    iou = pairwise_iou(coarse.reshape(n, -1))
+    np.fill_diagonal(iou, 0.0)
+    return iou
+
+
+def _medoid_cluster(iou: NDArray[np.float32], weights: NDArray[np.float32], params: MethodParams) -> NDArray[np.bool_]:
+    """The drawings whose IoU with the medoid reaches ``gate_iou`` (the medoid included), from the
+    drawings' :func:`_gate_iou` matrix."""
+    n = len(iou)
     if n <= 2:
         return np.ones(n, np.bool_)
-    iou = pairwise_iou(stack.reshape(n, -1))
-    np.fill_diagonal(iou, 0.0)
     score = (iou * weights[None, :]).sum(axis=1)
     medoid = int(np.argmax(score))
     members = iou[medoid] >= params.gate_iou

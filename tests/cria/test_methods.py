@@ -7,8 +7,15 @@ import pytest
 
 from etchacell_loop.config import ConsensusSettings
 from etchacell_loop.cria.consensus import CriaParams, Drawing, dice, slice_consensus
-from etchacell_loop.cria.methods import METHODS, Ballot, consensus_method, region_of, weighted_count
-from etchacell_loop.cria.raster import fill_patch
+from etchacell_loop.cria.methods import (
+    METHODS,
+    Ballot,
+    consensus_method,
+    region_of,
+    weighted_count,
+    weighted_fill_count,
+)
+from etchacell_loop.cria.raster import empty_patch, fill_patch
 from etchacell_loop.cria.reliability import ReliabilityParams, VolunteerRecord, is_flagged, reliability_weight
 
 SHAPE = (400, 400)
@@ -92,6 +99,26 @@ def test_weighted_count_matches_a_float_sum() -> None:
     assert np.abs(weighted_count(stack, weights) - exact).max() <= 12 / 128 + 1e-6
     equal = np.full(12, 0.5, np.float32)
     assert np.array_equal(weighted_count(stack, equal), stack.sum(axis=0) * np.float32(0.5))
+
+
+@pytest.mark.parametrize("kind", ["equal", "unequal", "some zero", "all zero", "300 drawers"])
+def test_counting_fill_by_fill_equals_counting_their_stack(kind: str) -> None:
+    rng = np.random.default_rng(5)
+    n = 300 if kind == "300 drawers" else 9
+    centres, radii = rng.uniform(80, 320, (n, 2)), rng.uniform(5, 70, n)
+    ballots = [Ballot(fill_patch([circle(x, y, r)], SHAPE)) for (x, y), r in zip(centres, radii, strict=True)]
+    ballots.append(Ballot(empty_patch()))  # a drawing that fills nothing
+    weights = rng.uniform(0.05, 1.0, n + 1).astype(np.float32)
+    if kind in ("equal", "300 drawers"):
+        weights[:] = 0.75
+    elif kind == "some zero":
+        weights[::3] = 0.0
+    elif kind == "all zero":
+        weights[:] = 0.0
+    region = region_of(ballots)
+    by_fill = weighted_fill_count([b.fill for b in ballots], weights, region)
+    assert by_fill.dtype == np.float32 and by_fill.shape == region.shape
+    assert np.array_equal(by_fill, weighted_count(region.stack(ballots), weights))
 
 
 def test_reliability_weights_shrink_towards_the_prior_and_flag_habitual_errors() -> None:
