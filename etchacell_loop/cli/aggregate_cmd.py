@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from etchacell_loop.aggregate.run import DEFAULT_PIXEL_SIZE_NM, AggregateOptions, AggregateReport, aggregate_export
 from etchacell_loop.annotations import ExportFormatError
-from etchacell_loop.cli.context import CommandError, console, err_console, operator_errors, state
+from etchacell_loop.cli.context import CommandError, PhaseBars, console, operator_errors, state
 from etchacell_loop.cria.consensus import CriaParams, JoinRule
 from etchacell_loop.cria.methods import METHODS
 
@@ -59,7 +58,7 @@ def aggregate(
     )
     options = AggregateOptions(params=params, workflow_id=workflow_id, pixel_size_nm=pixel_size_nm, workers=workers)
     try:
-        with _ProgressBars() as bars:
+        with PhaseBars(PHASES) as bars:
             report = aggregate_export(export, out, options, bars.update)
     except ExportFormatError as exc:
         raise CommandError(f"{export}: {exc}") from None
@@ -68,34 +67,6 @@ def aggregate(
 
 def _join_rule(name: str) -> JoinRule:
     return "min-total" if name == "min-total" else "greedy"
-
-
-class _ProgressBars:
-    """One bar per phase, on stderr (stdout stays for the report)."""
-
-    def __init__(self) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description:<32}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>5.1f}%"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=False,
-        )
-        self._tasks: dict[str, TaskID] = {}
-
-    def __enter__(self) -> _ProgressBars:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def update(self, phase: str, done: float, total: float | None) -> None:
-        if phase not in self._tasks:
-            self._tasks[phase] = self._progress.add_task(PHASES.get(phase, phase), total=total)
-        self._progress.update(self._tasks[phase], completed=done, total=total)
 
 
 def _print_report(report: AggregateReport) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 import sqlalchemy.exc
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from sqlalchemy.engine import Engine
 
 from etchacell_loop.config import ConfigError, Settings, load_settings, masked_database_url
@@ -103,3 +104,37 @@ def _fail(message: str) -> Any:
 def describe_database(settings: Settings) -> str:
     """The database URL as it may be shown: password hidden."""
     return masked_database_url(settings.effective_database_url)
+
+
+class PhaseBars:
+    """One progress bar per phase of a long command, on stderr (stdout stays for the report).
+
+    ``labels`` names the phases a library reports by key; ``count`` is the text beside each bar,
+    a rich template such as ``"{task.percentage:>5.1f}%"`` or ``"{task.completed}/{task.total} chunks"``.
+    """
+
+    def __init__(self, labels: Mapping[str, str], count: str = "{task.percentage:>5.1f}%", width: int = 32) -> None:
+        self._labels = labels
+        self._progress = Progress(
+            TextColumn(f"{{task.description:<{width}}}"),
+            BarColumn(),
+            TextColumn(count),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> PhaseBars:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, phase: str, done: float, total: float | None) -> None:
+        """Move ``phase``'s bar to ``done`` of ``total`` (None: unknown), adding the bar on first use."""
+        if phase not in self._tasks:
+            self._tasks[phase] = self._progress.add_task(self._labels.get(phase, phase), total=total)
+        self._progress.update(self._tasks[phase], completed=done, total=total)

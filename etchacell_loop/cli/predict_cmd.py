@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from etchacell_loop.cli.context import CommandError, console, err_console, operator_errors, state
+from etchacell_loop.cli.context import CommandError, PhaseBars, console, operator_errors, state
 from etchacell_loop.db.engine import session_scope
 from etchacell_loop.imaging.volume import RoiBox, VolumeError, open_volume
 from etchacell_loop.model.evaluation import DEFAULT_ENVELOPE_WIDTH_NM, DEFAULT_LABEL, EvaluationError, evaluate_paths
@@ -71,7 +70,7 @@ def predict(
                 min_component_voxels=min_component_voxels,
                 keep_largest=keep_largest,
             )
-            with _ProgressBars() as bars:
+            with PhaseBars(PHASES, "{task.completed}/{task.total} chunks", width=28) as bars:
                 report = predict_volume(
                     volume, predict_fn, preset, out, params=params, roi=box, chunk_zyx=chunk_zyx,
                     overwrite=overwrite, model_attrs={**described, "preset": preset.name}, progress=bars.update,
@@ -190,33 +189,6 @@ def _voxel(text: str | None) -> tuple[float, float, float] | None:
 
 def _rule(name: str) -> TapRule:
     return "majority" if name == "majority" else "any" if name == "any" else "all"
-
-
-class _ProgressBars:
-    """One bar per phase, on stderr (stdout stays for the report)."""
-
-    def __init__(self) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description:<28}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} chunks"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-        )
-        self._tasks: dict[str, TaskID] = {}
-
-    def __enter__(self) -> _ProgressBars:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def update(self, phase: str, done: int, total: int) -> None:
-        if phase not in self._tasks:
-            self._tasks[phase] = self._progress.add_task(PHASES.get(phase, phase), total=total)
-        self._progress.update(self._tasks[phase], completed=done, total=total)
 
 
 def _print_prediction(report: VolumePrediction) -> None:
