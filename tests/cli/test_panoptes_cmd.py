@@ -14,27 +14,6 @@ from etchacell_loop.sandbox.harness import SandboxProcess
 runner = CliRunner()
 
 
-@pytest.fixture
-def configured(
-    sandbox: SandboxProcess, sandbox_project: dict[str, int], db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, int]:
-    """The CLI pointed at the sandbox project and a fresh, migrated database."""
-    env = {
-        "ETCHACELL_DATABASE_URL": db_url,
-        "ETCHACELL_PANOPTES__ENDPOINT": sandbox.url,
-        "ETCHACELL_PANOPTES__CLIENT_ID": "sandbox",
-        "ETCHACELL_PANOPTES__CLIENT_SECRET": "sandbox-secret",
-        "ETCHACELL_PANOPTES__PROJECT_ID": str(sandbox_project["project_id"]),
-        "ETCHACELL_PANOPTES__SEGMENTATION_WORKFLOW_ID": str(sandbox_project["segmentation_workflow_id"]),
-        "ETCHACELL_PANOPTES__CORRECTION_WORKFLOW_ID": str(sandbox_project["correction_workflow_id"]),
-        "COLUMNS": "200",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
-    return sandbox_project
-
-
 def test_check_shows_workflows_and_roles(configured: dict[str, int]) -> None:
     result = runner.invoke(app, ["panoptes", "check"])
     assert result.exit_code == 0, result.output

@@ -77,26 +77,6 @@ def test_missing_volume_and_missing_manifest_are_exit_2(tmp_path: Path) -> None:
     assert upload.exit_code == 2 and "no subjects" in upload.stderr
 
 
-@pytest.fixture
-def configured(
-    sandbox: SandboxProcess, sandbox_project: dict[str, int], db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, int]:
-    """The CLI pointed at a fresh sandbox project and a fresh, migrated database."""
-    env = {
-        "ETCHACELL_DATABASE_URL": db_url,
-        "ETCHACELL_PANOPTES__ENDPOINT": sandbox.url,
-        "ETCHACELL_PANOPTES__CLIENT_ID": sandbox.client_id,
-        "ETCHACELL_PANOPTES__CLIENT_SECRET": sandbox.client_secret,
-        "ETCHACELL_PANOPTES__PROJECT_ID": str(sandbox_project["project_id"]),
-        "ETCHACELL_PANOPTES__SEGMENTATION_WORKFLOW_ID": str(sandbox_project["segmentation_workflow_id"]),
-        "COLUMNS": "200",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
-    return sandbox_project
-
-
 def test_upload_puts_every_subject_on_panoptes_once_and_records_it(
     configured: dict[str, int], sandbox: SandboxProcess, volume_path: Path, tmp_path: Path, db_url: str
 ) -> None:

@@ -15,6 +15,7 @@ from etchacell_loop.db.models import Event, RunStatus, TrainingRun, TrainingTrig
 from etchacell_loop.db.types import utcnow
 from etchacell_loop.loop import runs
 from etchacell_loop.loop.runs import Lease, RunAlreadyActive
+from tests.loop.support import read_run
 
 
 def _queue(engine: Engine, n: int) -> list[int]:
@@ -33,14 +34,6 @@ def _claim(engine: Engine, host: str) -> TrainingRun | None:
         run = runs.claim_next_run(session, host)
         session.commit()
     return run
-
-
-def _get(engine: Engine, run_id: int) -> TrainingRun:
-    with Session(engine) as session:
-        run = session.get(TrainingRun, run_id)
-        assert run is not None
-        session.expunge(run)
-        return run
 
 
 def test_second_run_is_refused_while_one_is_active_unless_forced(migrated_engine: Engine) -> None:
@@ -73,7 +66,7 @@ def test_claim_takes_the_oldest_queued_run_and_marks_it_running(migrated_engine:
     assert claimed.started_at is not None and claimed.heartbeat_at is not None
     second = _claim(migrated_engine, "gpu-2/7/def")
     assert second is not None and second.id == ids[1]
-    assert _get(migrated_engine, ids[2]).status == RunStatus.QUEUED
+    assert read_run(migrated_engine, ids[2]).status == RunStatus.QUEUED
 
 
 def test_claim_on_an_empty_queue_returns_none(migrated_engine: Engine) -> None:
@@ -89,7 +82,7 @@ def test_updates_need_the_lease(migrated_engine: Engine) -> None:
         assert not runs.finish_run(session, Lease(run_id, "intruder"), {"f": 1.0})
         assert not runs.fail_run(session, Lease(run_id, "intruder"), "boom")
         session.commit()
-    run = _get(migrated_engine, run_id)
+    run = read_run(migrated_engine, run_id)
     assert run.status == RunStatus.RUNNING and run.progress == {"epoch": 1, "loss": 0.5}
     with Session(migrated_engine) as session:
         assert runs.fail_run(session, Lease(run_id, "owner"), "Traceback …\nValueError: bad mask")
@@ -97,7 +90,7 @@ def test_updates_need_the_lease(migrated_engine: Engine) -> None:
         session.commit()
         event = session.exec(select(Event).where(Event.kind == "training.failed")).one()
         assert "ValueError: bad mask" in event.message
-    failed = _get(migrated_engine, run_id)
+    failed = read_run(migrated_engine, run_id)
     assert failed.status == RunStatus.FAILED and failed.error is not None and failed.finished_at is not None
 
 
@@ -115,13 +108,13 @@ def test_stale_runs_are_requeued_and_their_old_worker_cannot_write(migrated_engi
         assert runs.requeue_stale_runs(session, timeout_s=600) == []
         event = session.exec(select(Event).where(Event.kind == "training.requeued")).one()
         assert event.training_run_id == stale_id and event.payload["worker_host"] == "dead"
-    assert _get(migrated_engine, fresh_id).status == RunStatus.RUNNING
+    assert read_run(migrated_engine, fresh_id).status == RunStatus.RUNNING
     reclaimed = _claim(migrated_engine, "rescuer")
     assert reclaimed is not None and reclaimed.id == stale_id
     with Session(migrated_engine) as session:
         assert not runs.finish_run(session, Lease(stale_id, "dead"), {"f": 0.1})
         session.commit()
-    assert _get(migrated_engine, stale_id).worker_host == "rescuer"
+    assert read_run(migrated_engine, stale_id).worker_host == "rescuer"
 
 
 def test_release_puts_the_run_back_in_line(migrated_engine: Engine) -> None:
@@ -130,7 +123,7 @@ def test_release_puts_the_run_back_in_line(migrated_engine: Engine) -> None:
     with Session(migrated_engine) as session:
         assert runs.release_run(session, Lease(first, "w"), "worker stopped")
         session.commit()
-    run = _get(migrated_engine, first)
+    run = read_run(migrated_engine, first)
     assert run.status == RunStatus.QUEUED and run.worker_host is None
     again = _claim(migrated_engine, "other")
     assert again is not None and again.id == first  # kept its place ahead of `second`

@@ -21,6 +21,7 @@ from etchacell_loop.db.models import Event, ModelVersion, RunStatus, TrainingRun
 from etchacell_loop.db.types import utcnow
 from etchacell_loop.loop import runs
 from etchacell_loop.loop.worker import Heartbeat, RunHeartbeat, SessionFactory, run_worker
+from tests.loop.support import read_run
 from tests.model.support import make_volume, write_labelled_slices
 from tests.model.training_rows import rows_for
 
@@ -44,14 +45,6 @@ def _queue(engine: Engine, *reasons: str) -> list[int]:
             ids.append(run.id)
         session.commit()
     return ids
-
-
-def _run(engine: Engine, run_id: int) -> TrainingRun:
-    with Session(engine) as session:
-        run = session.get(TrainingRun, run_id)
-        assert run is not None
-        session.expunge(run)
-        return run
 
 
 def _register(session_factory: SessionFactory, run: TrainingRun, f_measure: float) -> int:
@@ -105,7 +98,7 @@ def test_runs_jobs_records_progress_and_results(migrated_engine: Engine, tmp_pat
     assert run_worker(factory, _settings(tmp_path), job, once=True).succeeded == 1
     assert run_worker(factory, _settings(tmp_path), job, once=True).claimed == 0
     assert calls == [first, second]
-    done = _run(migrated_engine, first)
+    done = read_run(migrated_engine, first)
     assert done.status == RunStatus.SUCCEEDED and done.finished_at is not None
     assert done.progress == {"epoch": 3, "loss": 1.0 / 3, "val_loss": None}
     assert done.metrics["version"] == f"v{first:04d}-00000000"
@@ -124,10 +117,10 @@ def test_a_failing_run_is_recorded_and_the_worker_goes_on(migrated_engine: Engin
 
     report = run_worker(_factory(migrated_engine), _settings(tmp_path), job, stop=stop, poll_s=0.05)
     assert (report.claimed, report.failed, report.succeeded) == (2, 1, 1)
-    failed = _run(migrated_engine, broken)
+    failed = read_run(migrated_engine, broken)
     assert failed.status == RunStatus.FAILED and failed.error is not None
     assert "Traceback" in failed.error and "ValueError: mask 17 is not 0/255" in failed.error
-    assert _run(migrated_engine, fine).status == RunStatus.SUCCEEDED
+    assert read_run(migrated_engine, fine).status == RunStatus.SUCCEEDED
     with Session(migrated_engine) as session:
         event = session.exec(select(Event).where(Event.kind == "training.failed")).one()
         assert event.training_run_id == broken
@@ -146,7 +139,7 @@ def test_a_worker_whose_run_was_taken_stops_without_writing(migrated_engine: Eng
 
     report = run_worker(_factory(migrated_engine), _settings(tmp_path), job, once=True)
     assert report.lost == 1 and not after_loss
-    run = _run(migrated_engine, run_id)
+    run = read_run(migrated_engine, run_id)
     assert run.status == RunStatus.RUNNING and run.worker_host == "thief"
     assert run.progress == {}  # the thief's claim started progress afresh; the loser wrote nothing after it
 
@@ -158,9 +151,9 @@ def test_background_heartbeat_keeps_a_long_epoch_alive_and_notices_loss(
     seen: dict[str, object] = {}
 
     def job(session_factory: SessionFactory, settings: Settings, run: TrainingRun, heartbeat: Heartbeat) -> int:
-        started = _run(migrated_engine, run_id).heartbeat_at
+        started = read_run(migrated_engine, run_id).heartbeat_at
         time.sleep(0.5)  # one long epoch, no callback
-        latest = _run(migrated_engine, run_id).heartbeat_at
+        latest = read_run(migrated_engine, run_id).heartbeat_at
         seen["advanced"] = started is not None and latest is not None and latest > started
         _steal(session_factory, run_id)
         deadline = time.monotonic() + 5
@@ -173,7 +166,7 @@ def test_background_heartbeat_keeps_a_long_epoch_alive_and_notices_loss(
     report = run_worker(_factory(migrated_engine), _settings(tmp_path), job, once=True, heartbeat_interval_s=0.05)
     assert seen == {"advanced": True, "noticed": True}
     assert report.lost == 1
-    assert _run(migrated_engine, run_id).worker_host == "thief"
+    assert read_run(migrated_engine, run_id).worker_host == "thief"
 
 
 def test_a_stop_request_hands_the_run_back_after_the_epoch(migrated_engine: Engine, tmp_path: Path) -> None:
@@ -188,7 +181,7 @@ def test_a_stop_request_hands_the_run_back_after_the_epoch(migrated_engine: Engi
 
     report = run_worker(_factory(migrated_engine), _settings(tmp_path), job, stop=stop)
     assert report.released == 1 and report.failed == 0
-    run = _run(migrated_engine, run_id)
+    run = read_run(migrated_engine, run_id)
     assert run.status == RunStatus.QUEUED and run.worker_host is None
     assert run.progress == {"epoch": 2, "loss": 0.4}  # the last epoch's heartbeat was recorded
     with Session(migrated_engine) as session:
@@ -212,7 +205,7 @@ def test_stale_runs_are_requeued_before_claiming(migrated_engine: Engine, tmp_pa
 
     report = run_worker(factory, _settings(tmp_path, timeout_s=10), job, once=True)
     assert (report.requeued_stale, report.succeeded) == (1, 1)
-    assert _run(migrated_engine, run_id).worker_host != "crashed-host"
+    assert read_run(migrated_engine, run_id).worker_host != "crashed-host"
 
 
 def test_heartbeat_is_refused_for_a_run_never_claimed(migrated_engine: Engine) -> None:
@@ -240,7 +233,7 @@ def test_sigterm_requeues_the_run_and_exits_zero(db_url: str, migrated_engine: E
     finally:
         process.kill()
     assert process.returncode == 0, stderr
-    run = _run(migrated_engine, run_id)
+    run = read_run(migrated_engine, run_id)
     assert run.status == RunStatus.QUEUED and run.worker_host is None
     assert run.progress.get("epoch", 0) >= 1
 
@@ -256,7 +249,7 @@ def test_the_real_training_job_registers_and_promotes_a_model(migrated_engine: E
         session.commit()
         run_id = run.id
     report = run_worker(_factory(migrated_engine), _settings(tmp_path / "data"), once=True)
-    assert report.succeeded == 1, _run(migrated_engine, run_id or 0).error
+    assert report.succeeded == 1, read_run(migrated_engine, run_id or 0).error
     with Session(migrated_engine) as session:
         version = session.exec(select(ModelVersion)).one()
         assert version.promoted and version.training_run_id == run_id and version.preset == "small"
@@ -269,5 +262,5 @@ def test_the_real_training_job_registers_and_promotes_a_model(migrated_engine: E
         assert used == expected
         assert version.version.endswith(version.data_hash[:8])
         assert 0.0 <= version.metrics["validation"]["consensus"]["f_measure"] <= 1.0
-    finished = _run(migrated_engine, run_id or 0)
+    finished = read_run(migrated_engine, run_id or 0)
     assert finished.status == RunStatus.SUCCEEDED and finished.progress["epoch"] >= 1
