@@ -8,7 +8,7 @@ The fixtures hold a real classification export (workflow 28090, freehandLine and
 the output of panoptes-aggregation's ``polygon_reducer`` (``average_type: median``) on it. This script
 aggregates the export with each of our methods (greedy joining), fills Zooniverse's consensus
 outline(s) of frame 0 at the subject's natural size (from ``metadata.subject_dimensions``) with the
-same Pillow polygon fill our rasteriser uses, and measures the IoU of the two masks per subject.
+same scanline fill our consensus uses, and measures the IoU of the two masks per subject.
 
 Why only one workflow version by default: the reductions were made with aggregation-for-caesar's
 ``cat_project_extractor_config.yaml``, which names ``workflow_version: '13.19'``; rows of other
@@ -42,10 +42,11 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from etchacell_loop.aggregate.run import AggregateOptions, aggregate_export
 from etchacell_loop.cria.consensus import CriaParams
+from etchacell_loop.cria.raster import fill_even_odd
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "zooniverse-exports"
 EXPORT = FIXTURES / "cat-project-classifications.csv"
@@ -215,13 +216,13 @@ def read_reductions(path: Path) -> dict[int, Reduction]:
 
 
 def fill_outlines(outlines: Iterable[Sequence[tuple[float, float]]], size: tuple[int, int]) -> Mask:
-    """The union of the outlines, filled as our rasteriser fills a loop (pixel centres at integers)."""
-    canvas = Image.new("1", size, 0)
-    draw = ImageDraw.Draw(canvas)
+    """The union of the outlines, each filled as our consensus fills a loop (pixel centres at integers)."""
+    width, height = size
+    mask = np.zeros((height, width), dtype=np.bool_)
     for outline in outlines:
         if len(outline) >= 3:
-            draw.polygon(list(outline), fill=1, outline=1)
-    return np.asarray(canvas, dtype=np.bool_)
+            mask |= fill_even_odd([np.asarray(outline, dtype=np.float64)], (height, width))
+    return mask
 
 
 # --- ours -------------------------------------------------------------------------------------------------

@@ -82,11 +82,10 @@ def write_subject_images(out_dir: Path, subject_ids: Iterable[int], consensus: C
     """The three images of each subject showing the slice (encoded once for all of them). Written in
     place (a rename per image costs as much as encoding it): ``summary.csv`` is written last and
     atomically, so a run's images are complete when its summary exists."""
-    confidence = (consensus.confidence * np.float32(255) + np.float32(0.5)).astype(np.uint8)  # 0..1 → 0..255
     images = {
         "masks": encode_gray_png(_binary(consensus.area)),
         "envelope": encode_gray_png(_binary(consensus.band)),
-        "confidence": encode_gray_png(confidence),
+        "confidence": encode_gray_png(consensus.confidence_u8()),
     }
     for subject_id in subject_ids:
         for folder, png in images.items():

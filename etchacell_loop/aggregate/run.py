@@ -18,6 +18,7 @@ Nothing here raises on bad content: unreadable rows and classifications are coun
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from etchacell_loop.aggregate.heap import keep_freed_memory
+from etchacell_loop.aggregate.heap import RARE_COLLECTION_THRESHOLDS, collecting_rarely, keep_freed_memory
 from etchacell_loop.aggregate.outputs import (
     SubjectSummary,
     VolunteerSummary,
@@ -125,32 +126,41 @@ def aggregate_export(
     prepare_folders(out_dir)
     (out_dir / "summary.csv").unlink(missing_ok=True)
     workers = options.workers if options.workers is not None else (os.cpu_count() or 1)
-    pool: Executor | None = ProcessPoolExecutor(max_workers=workers, initializer=_start_worker) if workers > 0 else None
-    try:
-        started = time.perf_counter()
-        assembler, tallies, pixel_nm, issues = _read(export, options, report, pool, progress)
-        report.seconds["read"] = time.perf_counter() - started
-        started = time.perf_counter()
-        results = _vote_all(assembler, pixel_nm, options, out_dir, pool, progress)
-        report.seconds["vote"] = time.perf_counter() - started
-        started = time.perf_counter()
-        records = _pool_records(results.values())
-        if options.reweight and options.params.method in REWEIGHTED_METHODS:
-            again = _revote(assembler, results, records, pixel_nm, options, out_dir, pool, progress)
-            report.reweighted_slices = len(again)
-            results.update(again)
+    with collecting_rarely():  # the rows read here are millions of small objects that never form cycles
+        pool = _worker_pool(workers)
+        try:
+            started = time.perf_counter()
+            assembler, tallies, pixel_nm, issues = _read(export, options, report, pool, progress)
+            report.seconds["read"] = time.perf_counter() - started
+            started = time.perf_counter()
+            results = _vote_all(assembler, pixel_nm, options, out_dir, pool, progress)
+            report.seconds["vote"] = time.perf_counter() - started
+            started = time.perf_counter()
             records = _pool_records(results.values())
-        report.seconds["reweight"] = time.perf_counter() - started
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    _finish(report, assembler, tallies, results, records, issues, options)
+            if options.reweight and options.params.method in REWEIGHTED_METHODS:
+                again = _revote(assembler, results, records, pixel_nm, options, out_dir, pool, progress)
+                report.reweighted_slices = len(again)
+                results.update(again)
+                records = _pool_records(results.values())
+            report.seconds["reweight"] = time.perf_counter() - started
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        _finish(report, assembler, tallies, results, records, issues, options)
     return report
 
 
+def _worker_pool(workers: int) -> Executor | None:
+    """Processes that read and vote (None: all in this process)."""
+    return ProcessPoolExecutor(max_workers=workers, initializer=_start_worker) if workers > 0 else None
+
+
 def _start_worker() -> None:
-    """Each worker keeps the memory it frees for its next slice (see ``heap``)."""
+    """Each worker keeps the memory it frees for its next slice and collects cycles rarely; what it
+    inherited from the parent is set aside from collection for good (see ``heap``)."""
     keep_freed_memory()
+    gc.freeze()
+    gc.set_threshold(*RARE_COLLECTION_THRESHOLDS)
 
 
 def _read(

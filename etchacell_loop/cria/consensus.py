@@ -100,17 +100,30 @@ class DrawerOutcome:
 
 @dataclass(frozen=True, eq=False)
 class Consensus:
-    """One slice's consensus: area (bool), envelope band (bool), confidence (0..1, float32), the
-    drawers' outcomes and the stability against the consensus without the latest drawing."""
+    """One slice's consensus: area (bool), envelope band (bool), confidence (0..1) over ``region``
+    (zero outside it), the drawers' outcomes and the stability against the consensus without the
+    latest drawing. The confidence is kept over the region only: at full size it would be 4 MB of
+    float32 per slice that only the written image (8-bit, :meth:`confidence_u8`) ever reads."""
 
     area: Mask
     band: Mask
-    confidence: NDArray[np.float32]
+    region_confidence: NDArray[np.float32]
+    region: Region
     n_volunteers: int
     n_classifications: int
     outcomes: tuple[DrawerOutcome, ...] = ()
     stability: float | None = None
     method: str = "cria"
+
+    @property
+    def confidence(self) -> NDArray[np.float32]:
+        """The confidence (0..1) at the slice's full size."""
+        return _paste(self.region_confidence, self.region, self.area.shape)
+
+    def confidence_u8(self) -> NDArray[np.uint8]:
+        """The confidence as 0..255 (rounded) at full size, quantised over the region only."""
+        scaled = (self.region_confidence * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+        return _paste(scaled, self.region, self.area.shape)
 
     @property
     def area_px(self) -> int:
@@ -155,7 +168,6 @@ def consensus_of_ballots(
     latest = int(np.argmax([d.classification_id for d in drawings])) if with_stability and len(ballots) >= 2 else None
     vote = method(ballots, n_abstaining, region, method_params, latest)
     area = _paste(vote.area, region, shape)
-    confidence = _paste(vote.confidence, region, shape)
     stability = dice(vote.area, vote.previous_area) if vote.previous_area is not None else None
     band = envelope_band(area, params.envelope_width_nm / params.pixel_size_nm)
     area_px = int(np.count_nonzero(vote.area))
@@ -163,7 +175,9 @@ def consensus_of_ballots(
         _outcome(d, b, included, area, area_px, region)
         for d, b, included in zip(drawings, ballots, vote.included, strict=True)
     )
-    return Consensus(area, band, confidence, len(ballots), n_classifications, outcomes, stability, params.method)
+    return Consensus(
+        area, band, vote.confidence, region, len(ballots), n_classifications, outcomes, stability, params.method
+    )
 
 
 def envelope_band(area: Mask, width_px: float) -> Mask:
@@ -237,7 +251,7 @@ def _outcome(
     )
 
 
-def _paste(values: NDArray[_T], region: Region, shape: tuple[int, int]) -> NDArray[_T]:
+def _paste(values: NDArray[_T], region: Region, shape: tuple[int, ...]) -> NDArray[_T]:
     full = np.zeros(shape, dtype=values.dtype)
     if values.size:
         full[region.top : region.bottom, region.left : region.right] = values

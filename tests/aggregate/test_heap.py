@@ -1,13 +1,17 @@
-"""Workers keep freed memory: arrays of a slice's size stop costing fresh pages once it is set."""
+"""Workers keep freed memory (arrays of a slice's size stop costing fresh pages once it is set), and
+the cycle collector runs rarely only for as long as asked."""
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import subprocess
 import sys
 
 import pytest
+
+from etchacell_loop.aggregate.heap import collecting_rarely
 
 # Run in a fresh interpreter: the setting lasts for the life of the process that makes it.
 CHURN = """
@@ -38,3 +42,15 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
     assert faults["taken"] is True
     assert faults["default"] > 50 * 245  # the heap trimmed after each slice: its pages faulted in anew
     assert faults["kept"] < faults["default"] / 20
+
+
+def test_collecting_rarely_raises_the_thresholds_for_the_block_and_restores_them() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), collecting_rarely((50_000, 20, 30)):
+        assert gc.get_threshold() == (50_000, 20, 30)
+        cycle: list[object] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1  # cycles are still collected, on request or at the higher threshold
+        raise RuntimeError("the thresholds come back even when the block fails")
+    assert gc.get_threshold() == before
