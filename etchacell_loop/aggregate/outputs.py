@@ -82,14 +82,21 @@ def write_subject_images(out_dir: Path, subject_ids: Iterable[int], consensus: C
     """The three images of each subject showing the slice (encoded once for all of them). Written in
     place (a rename per image costs as much as encoding it): ``summary.csv`` is written last and
     atomically, so a run's images are complete when its summary exists."""
-    images = {
+    images = consensus_pngs(consensus)
+    for subject_id in subject_ids:
+        for folder, png in images.items():
+            (out_dir / folder / f"{subject_id}.png").write_bytes(png)
+
+
+def consensus_pngs(consensus: Consensus) -> dict[str, bytes]:
+    """The consensus as the three images, keyed by folder: area, envelope band (both 0/255) and
+    confidence (0 to 255 for 0 to 1). One encoding shared by the offline run and the daemon, so the
+    files mean the same wherever they come from."""
+    return {
         "masks": encode_gray_png(_binary(consensus.area)),
         "envelope": encode_gray_png(_binary(consensus.band)),
         "confidence": encode_gray_png(consensus.confidence_u8()),
     }
-    for subject_id in subject_ids:
-        for folder, png in images.items():
-            (out_dir / folder / f"{subject_id}.png").write_bytes(png)
 
 
 def write_csv(path: Path, rows: Iterable[object], columns: Sequence[str]) -> None:

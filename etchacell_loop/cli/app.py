@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.logging import RichHandler
 
 from etchacell_loop import __version__
 from etchacell_loop.cli import (
     aggregate_cmd,
     config_cmd,
+    daemon_cmd,
     db_cmd,
     model_cmd,
     panoptes_cmd,
@@ -23,7 +22,8 @@ from etchacell_loop.cli import (
     synth_cmd,
     worker_cmd,
 )
-from etchacell_loop.cli.context import CliState, err_console
+from etchacell_loop.cli.context import CliState
+from etchacell_loop.cli.logs import LogFormat, configure_logging
 
 app = typer.Typer(
     name="etchacell",
@@ -44,6 +44,9 @@ app.add_typer(model_cmd.app, name="model")
 app.command("worker")(worker_cmd.worker)
 app.command("predict")(predict_cmd.predict)
 app.command("evaluate")(predict_cmd.evaluate)
+app.command("tick")(daemon_cmd.tick_command)
+app.command("daemon")(daemon_cmd.daemon_command)
+app.command("status")(daemon_cmd.status_command)
 
 
 def _version(value: bool) -> None:
@@ -60,25 +63,16 @@ def root(
         typer.Option("--config", "-c", envvar="ETCHACELL_CONFIG", help="TOML configuration file"),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log debug messages")] = False,
+    log_format: Annotated[
+        LogFormat, typer.Option("--log-format", envvar="ETCHACELL_LOG_FORMAT", help="text, or json lines for services")
+    ] = LogFormat.TEXT,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
     ] = False,
 ) -> None:
     """Global options shared by every command."""
     ctx.obj = CliState(config_path=config)
-    _configure_logging(verbose)
-
-
-def _configure_logging(verbose: bool) -> None:
-    """Logs go to stderr, so stdout stays clean for csv/json output; libraries stay quiet."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
-    for noisy in ("alembic", "httpx", "urllib3", "panoptes_client"):
-        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    configure_logging(verbose, log_format)
 
 
 def main() -> None:

@@ -60,7 +60,7 @@ def query(
         if not migrate.is_up_to_date(engine):
             raise CommandError("the database schema is not up to date: run `etchacell db upgrade` first")
         result = run_query(engine, named, _parse_params(param or []))
-    _print_result(named, result, output)
+    print_result(named, result, output)
 
 
 def _parse_params(pairs: list[str]) -> dict[str, str]:
@@ -84,7 +84,8 @@ def _print_catalogue(queries: dict[str, NamedQuery]) -> None:
     console.print(table)
 
 
-def _print_result(named: NamedQuery, result: QueryResult, output: OutputFormat) -> None:
+def print_result(named: NamedQuery, result: QueryResult, output: OutputFormat = OutputFormat.TABLE) -> None:
+    """A named query's result as a table (or JSON, or CSV) on stdout."""
     if output is OutputFormat.JSON:
         typer.echo(json.dumps(result.as_dicts(), indent=2, default=str))
     elif output is OutputFormat.CSV:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from etchacell_loop.annotations import anonymous_token, volunteer_key
+from etchacell_loop.config import Settings
 from etchacell_loop.db.models import (
     Classification,
     ClassificationSource,
@@ -30,6 +31,8 @@ from etchacell_loop.db.models import (
     Workflow,
 )
 from etchacell_loop.db.types import utcnow
+from etchacell_loop.loop.project import configured_roles, register_project
+from etchacell_loop.panoptes.errors import PanoptesError
 from etchacell_loop.panoptes.gateway import PanoptesGateway
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,59 @@ def ingest_classifications(
     for page in gateway.classification_pages(project_panoptes_id, workflow_row.panoptes_id, start, page_size):
         _store_page(session_factory, workflow_row.id, page, result)
     log.info("ingest workflow %d: %s", workflow_row.panoptes_id, result)
+    return result
+
+
+@dataclass
+class IngestJobResult:
+    """One run of the daemon's ingest job: per workflow, what was stored; workflows that failed."""
+
+    workflows: dict[int, IngestResult] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def inserted(self) -> int:
+        return sum(r.inserted for r in self.workflows.values())
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "inserted": self.inserted,
+            "workflows": {str(k): asdict(v) for k, v in self.workflows.items()},
+            "failed": {str(k): v for k, v in self.failed.items()},
+        }
+
+
+def run_ingest(session_factory: SessionFactory, gateway: PanoptesGateway | None, settings: Settings) -> IngestJobResult:
+    """The daemon's *ingest* job: refresh the project's registration from Panoptes (names, versions,
+    the Caesar flag), then store every new classification of each of its workflows. A workflow whose
+    pull fails is logged as an event and retried next run; the others go on."""
+    project_id = settings.panoptes.project_id
+    if gateway is None or project_id is None:
+        raise ValueError("ingest needs panoptes.project_id and a connection to Panoptes")
+    info = gateway.describe_project(project_id)
+    with session_factory() as session:
+        registered = register_project(session, info, configured_roles(settings.panoptes))
+        session.commit()
+        workflows = list(registered.workflows)
+    result = IngestJobResult()
+    for workflow in workflows:
+        try:
+            result.workflows[workflow.panoptes_id] = ingest_classifications(
+                session_factory, gateway, workflow, project_id, settings.panoptes.page_size
+            )
+        except PanoptesError as exc:
+            result.failed[workflow.panoptes_id] = str(exc)
+            log.warning("ingest of workflow %d failed: %s", workflow.panoptes_id, exc)
+            with session_factory() as session:
+                session.add(
+                    Event(
+                        level=EventLevel.WARNING,
+                        kind="ingest.failed",
+                        message=f"workflow {workflow.panoptes_id}: {exc}",
+                        payload={"workflow": workflow.panoptes_id},
+                    )
+                )
+                session.commit()
     return result
 
 

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from etchacell_loop.sandbox import api, auth, blobs, control
+from etchacell_loop.sandbox import api, auth, blobs, caesar, control
 from etchacell_loop.sandbox import resources as res
 from etchacell_loop.sandbox.config import DEFAULT_PASSWORD, DEFAULT_USER, SandboxConfig
 from etchacell_loop.sandbox.faults import ASGIApp, FaultMiddleware, FaultState
@@ -32,6 +32,7 @@ def create_app(state_dir: Path, config: SandboxConfig | None = None) -> tuple[AS
     app.include_router(api.router)
     app.include_router(blobs.router)
     app.include_router(control.router)
+    app.include_router(caesar.router)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

@@ -4,8 +4,11 @@ Each volunteer is a browser: signed in through the sign-in page and OAuth (or an
 server only by address and browser session), it asks ``/subjects/queued`` what to classify, fetches
 the subject and its first frame image, traces it its own way (:func:`crowd.trace`, against the truth
 of the volume the subject was cut from) and posts the classification in its front end's format
-(:mod:`.browser`). Correction subjects (``#kind`` = ``prediction``) are judged instead: the machine's
-outline is read from frame 1's magenta overlay and corrected (:mod:`.correction`).
+(:mod:`.browser`). Correction subjects are judged instead (:mod:`.correction`): in a workflow with
+``configuration.enable_caesar_data_fetching`` the machine's marks are those of the subject's Caesar
+``machineLearnt`` reduction, fetched with the new front end's GraphQL query and corrected in place in
+that front end (an untouched mark is posted back as it was loaded, with its ``markId``); otherwise a
+``#kind`` = ``prediction`` subject's outline is read from frame 1's magenta overlay.
 
 Who classifies next follows a Yule-Simon process: a new volunteer arrives with probability
 ``new_volunteer_probability``, otherwise a past classification is picked at random and its volunteer
@@ -36,7 +39,7 @@ from PIL import Image
 
 from etchacell_loop.sandbox.config import PANOPTES_CLIENT_DEFAULT_ID
 from etchacell_loop.simulation.browser import Selection, Visit, api_annotations, api_metadata, new_mark_id
-from etchacell_loop.simulation.correction import correct_marks, marks_from_overlay
+from etchacell_loop.simulation.correction import MachineMark, correct_marks, marks_from_overlay
 from etchacell_loop.simulation.crowd import Behaviour, CrowdMix, SimStroke, Volunteer, make_volunteer, trace
 from etchacell_loop.simulation.export import Browser, FrontEnd, random_browser, record_stroke
 from etchacell_loop.simulation.shapes import SliceTruth
@@ -46,6 +49,11 @@ from etchacell_loop.subject_metadata import subject_layout
 ACCEPT = "application/vnd.api+json; version=1"
 KIND_KEY = "#kind"
 PREDICTION_KIND = "prediction"
+MACHINE_LEARNT_KEY = "machineLearnt"
+# Drawing tools the classifier pre-loads Caesar marks into (front-end-monorepo, ADR 60).
+CAESAR_TOOLS = frozenset(
+    {"freehandLine", "polygon", "line", "point", "circle", "ellipse", "rectangle", "rotateRectangle"}
+)
 DEFAULT_NEW_VOLUNTEER_PROBABILITY = 0.12  # Yule-Simon: Gini of effort ≈ 0.83 (see module docstring)
 IDLE_LIMIT = 200  # draws in a row that found nothing to classify before giving up
 
@@ -211,6 +219,7 @@ class _Workflow:
     version: str
     task: str
     live: bool
+    caesar: bool = False  # the classifier pre-loads machineLearnt marks
 
 
 class VolunteerCrowd:
@@ -225,8 +234,10 @@ class VolunteerCrowd:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         timeout_s: float = 30.0,
+        caesar_url: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.caesar_url = (caesar_url or url).rstrip("/")  # the sandbox serves Caesar too
         self.options = options
         self.volumes = volumes
         self.rng = np.random.default_rng(options.seed)
@@ -311,7 +322,12 @@ class VolunteerCrowd:
         project_id = int(item["links"]["project"])
         project = self._api("GET", f"/projects/{project_id}").json()["projects"][0]
         task = str(item.get("first_task") or next(iter(item.get("tasks") or {"T0": {}})))
-        return _Workflow(int(item["id"]), project_id, str(item["version"]), task, bool(project.get("live")))
+        tools = {str(t.get("type")) for t in ((item.get("tasks") or {}).get(task) or {}).get("tools") or []}
+        fetching = bool((item.get("configuration") or {}).get("enable_caesar_data_fetching"))
+        live = bool(project.get("live"))
+        return _Workflow(
+            int(item["id"]), project_id, str(item["version"]), task, live, fetching and bool(tools & CAESAR_TOOLS)
+        )
 
     def _person(self, index: int) -> SimVolunteer:
         if index in self.people:
@@ -399,20 +415,24 @@ class VolunteerCrowd:
         layout = subject_layout(subject_id, metadata)
         frames = self._truth(subject_id, metadata, shape_px)
         target = min(layout.target_frame, len(frames) - 1)
-        correction = str(metadata.get(KIND_KEY, "")) == PREDICTION_KIND
+        machine = self._machine_marks(workflow, subject_id) if workflow.caesar else []
+        correction = bool(machine) or str(metadata.get(KIND_KEY, "")) == PREDICTION_KIND
+        front_end = FrontEnd.FEM if machine else person.front_end  # only the new front end pre-loads marks
         started_s = self.clock()
         duration_s = float(self.rng.lognormal(math.log(55.0), 0.5) + 8.0)
-        if correction:
+        if machine:
+            strokes, mark_ids = self._correct_in_place(person, frames, machine)
+        elif correction:
             if len(images) < 2:
                 raise VolunteerRunError(f"prediction subject {subject_id} has no overlay frame")
             strokes, mark_ids = self._correct(person, frames[target], images[1], target)
         else:
             strokes = trace(person.volunteer, frames, target, self.rng)
             mark_ids = [None] * len(strokes)
-        recorded, ids = self._record(strokes, mark_ids, person.front_end)
+        recorded, ids = self._record(strokes, mark_ids, front_end)
         visit = Visit(
             browser=person.browser,
-            front_end=person.front_end,
+            front_end=front_end,
             session=person.session,
             started_at_s=started_s - duration_s,
             finished_at_s=started_s,
@@ -425,7 +445,7 @@ class VolunteerCrowd:
         )
         body = {
             "classifications": {
-                "annotations": api_annotations(recorded, person.front_end, workflow.task, ids),
+                "annotations": api_annotations(recorded, front_end, workflow.task, ids),
                 "metadata": api_metadata(visit, sorted({r.frame for r in recorded})),
                 "completed": True,
                 "links": {
@@ -442,18 +462,19 @@ class VolunteerCrowd:
             volunteer=person.key,
             behaviour=person.volunteer.behaviour,
             prolific=person.volunteer.prolific,
-            front_end=person.front_end,
+            front_end=front_end,
             kind="correction" if correction else "tracing",
         )
 
     def _record(
         self, strokes: Sequence[SimStroke], mark_ids: Sequence[str | None], front_end: FrontEnd
     ) -> tuple[list[SimStroke], list[str]]:
-        """Strokes as the front end keeps them; a kept machine mark keeps its id, new marks get one."""
+        """Strokes as the front end keeps them; a kept machine mark is sent as it was loaded, with its
+        id; new marks get one."""
         recorded: list[SimStroke] = []
         ids: list[str] = []
         for stroke, mark_id in zip(strokes, mark_ids, strict=True):
-            kept = record_stroke(stroke, front_end)
+            kept = stroke if mark_id is not None else record_stroke(stroke, front_end)
             if kept is not None:
                 recorded.append(kept)
                 ids.append(mark_id or new_mark_id(self.rng))
@@ -465,6 +486,33 @@ class VolunteerCrowd:
         machine = marks_from_overlay(np.asarray(overlay.convert("RGB")), frame=frame)
         submitted = correct_marks(machine, truth, person.volunteer, self.rng, frame=frame)
         return [m.stroke for m in submitted], [m.mark_id for m in submitted]
+
+    def _correct_in_place(
+        self, person: SimVolunteer, frames: Sequence[SliceTruth], machine: Sequence[MachineMark]
+    ) -> tuple[list[SimStroke], list[str | None]]:
+        """Pre-loaded marks judged frame by frame against that frame's truth."""
+        strokes: list[SimStroke] = []
+        mark_ids: list[str | None] = []
+        for frame in sorted({m.frame for m in machine}):
+            truth = frames[min(frame, len(frames) - 1)]
+            on_frame = [m for m in machine if m.frame == frame]
+            for submitted in correct_marks(on_frame, truth, person.volunteer, self.rng, frame=frame):
+                strokes.append(submitted.stroke)
+                mark_ids.append(submitted.mark_id)
+        return strokes, mark_ids
+
+    def _machine_marks(self, workflow: _Workflow, subject_id: int) -> list[MachineMark]:
+        """The subject's machineLearnt marks, asked of Caesar as the new front end asks (GraphQL, anonymous)."""
+        reductions = f'subject_reductions(subjectId: {subject_id}, reducerKey:"{MACHINE_LEARNT_KEY}") {{ data }}'
+        query = f"{{ workflow(id: {workflow.workflow_id}) {{ {reductions} }} }}"
+        try:
+            response = self.http.post(f"{self.caesar_url}/graphql", json={"query": query})
+        except httpx.HTTPError as exc:
+            raise VolunteerRunError(f"POST /graphql: {exc}") from None
+        if response.status_code != 200:
+            raise VolunteerRunError(f"POST /graphql: HTTP {response.status_code} {response.text[:200]}")
+        found = ((response.json().get("data") or {}).get("workflow") or {}).get("subject_reductions") or []
+        return [mark for reduction in found for mark in _machine_marks_of(reduction, workflow.task)]
 
     def _image(self, url: str) -> Image.Image:
         try:
@@ -496,6 +544,26 @@ class VolunteerCrowd:
             if len(self._truth_cache) > 64:
                 self._truth_cache.pop(next(iter(self._truth_cache)))
         return self._truth_cache[subject_id]
+
+
+def _machine_marks_of(reduction: Mapping[str, Any], task: str) -> list[MachineMark]:
+    """The drawable marks of one reduction (``data.data``), as the classifier creates them: lines of
+    the drawing task with matching coordinate lists; anything else is skipped."""
+    marks: list[MachineMark] = []
+    data = reduction.get("data") if isinstance(reduction, Mapping) else None
+    for raw in (data.get("data") if isinstance(data, Mapping) else None) or []:
+        if not isinstance(raw, Mapping) or str(raw.get("taskKey", task)) != task:
+            continue
+        try:
+            x = np.asarray(raw.get("pathX"), dtype=np.float64)
+            y = np.asarray(raw.get("pathY"), dtype=np.float64)
+            frame = int(raw.get("frame", 0))
+        except (TypeError, ValueError):
+            continue
+        if x.ndim == 1 and x.shape == y.shape and x.size >= 2:
+            mark_id = raw.get("markId")
+            marks.append(MachineMark(str(mark_id) if mark_id else None, frame, x, y))
+    return marks
 
 
 def _urls(subject: Mapping[str, Any]) -> list[str]:
