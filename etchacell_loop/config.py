@@ -139,6 +139,9 @@ class CorrectionSettings(_Section):
     mode: Literal["caesar", "fallback"] = "caesar"
     budget_per_round: int = Field(default=50, ge=0)
     monitoring_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    tap_rule: Literal["all", "majority", "any"] = "all"
+    min_component_voxels: int | None = Field(default=None, ge=0)  # None: the paper's 10,000 model voxels
+    keep_largest: bool = False  # keep only each ROI's largest envelope component
 
 
 class ImagingSettings(_Section):

@@ -1,4 +1,4 @@
-"""``etchacell worker``: the GPU worker process that claims and runs training runs."""
+"""``etchacell worker``: the GPU worker process that claims and runs training runs and prediction batches."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from etchacell_loop.loop.worker import install_stop_signals, run_worker
 @operator_errors
 def worker(
     ctx: typer.Context,
-    once: Annotated[bool, typer.Option("--once", help="claim one run, run it, exit")] = False,
+    once: Annotated[bool, typer.Option("--once", help="claim one run or batch, run it, exit")] = False,
     poll_s: Annotated[float, typer.Option("--poll-s", min=0.1, help="seconds between looks at an empty queue")] = 10.0,
 ) -> None:
-    """Claim queued training runs and execute them until SIGTERM (the run in hand goes back to the queue)."""
+    """Claim queued training runs, then prediction batches, and execute them until SIGTERM (the one in
+    hand goes back to the queue)."""
     cli = state(ctx)
     settings = cli.settings
     stop = threading.Event()
@@ -31,9 +32,10 @@ def worker(
         session_factory = functools.partial(Session, engine, expire_on_commit=False)
         report = run_worker(session_factory, settings, once=once, stop=stop, poll_s=poll_s)
     if report.claimed == 0 and once:
-        console.print("no training run queued")
+        console.print("no training run queued, no prediction batch queued")
         return
     console.print(
-        f"training runs: {report.claimed} claimed, {report.succeeded} succeeded, {report.failed} failed, "
-        f"{report.released} handed back, {report.lost} taken by another worker"
+        f"training runs and prediction batches: {report.claimed} claimed, {report.succeeded} succeeded, "
+        f"{report.failed} failed, {report.released} handed back, {report.lost} taken by another worker "
+        f"({report.batches_claimed} of those claimed were prediction batches)"
     )

@@ -23,6 +23,7 @@ from etchacell_loop.db.models import Event, EventLevel, JobRun, JobStatus
 from etchacell_loop.db.types import utcnow
 from etchacell_loop.loop.consensus_job import run_aggregate
 from etchacell_loop.loop.ingest import run_ingest
+from etchacell_loop.loop.publish_job import run_publish
 from etchacell_loop.loop.retire_job import run_retire
 from etchacell_loop.loop.train_trigger import run_train_trigger
 from etchacell_loop.panoptes.errors import PanoptesError
@@ -57,6 +58,7 @@ JOBS: Mapping[str, Job] = {
         Job("aggregate", run_aggregate, lambda s: s.aggregate_interval_s, needs_panoptes=False),
         Job("retire", run_retire, lambda s: s.retire_interval_s, needs_panoptes=True),
         Job("train", run_train_trigger, lambda s: s.train_interval_s, needs_panoptes=False),
+        Job("publish", run_publish, lambda s: s.publish_interval_s, needs_panoptes=True),
     )
 }
 """In the order one round of the loop runs them."""

@@ -10,6 +10,9 @@ the row ``FOR UPDATE SKIP LOCKED``, so concurrent workers each get a different r
 on each other; SQLite serialises writers on the database lock, and the ``status = 'queued'`` guard
 in the same statement makes a second claimer miss.
 
+Prediction batches follow the same discipline (:mod:`etchacell_loop.loop.batches`): the claim, the
+lease-guarded update and the silent-row re-queue below are written once, over either table.
+
 Pure database functions: each takes a :class:`~sqlmodel.Session` and does not commit.
 """
 
@@ -26,10 +29,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from etchacell_loop.db.models import Event, EventLevel, RunStatus, TrainingRun, TrainingTrigger
+from etchacell_loop.db.models import Event, EventLevel, PredictionBatch, RunStatus, TrainingRun, TrainingTrigger
 from etchacell_loop.db.types import utcnow
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+LeasedTable = type[TrainingRun] | type[PredictionBatch]
+"""The tables whose rows workers claim, hold by heartbeat and hand back."""
 
 
 class RunAlreadyActive(Exception):
@@ -45,7 +51,8 @@ class RunAlreadyActive(Exception):
 
 @dataclass(frozen=True)
 class Lease:
-    """A worker's hold on one claimed run: every later update must match both fields."""
+    """A worker's hold on one claimed row (a training run or a prediction batch, by the queue it
+    came from): every later update must match both fields."""
 
     run_id: int
     worker_host: str
@@ -104,30 +111,8 @@ def claim_next_run(session: Session, worker_host: str) -> TrainingRun | None:
     Must be the first write of its transaction (commit right after it): on SQLite the statement
     takes the write lock, on PostgreSQL the row lock, and both are held until the commit.
     """
-    now = utcnow()
-    oldest = (
-        sa.select(col(TrainingRun.id))
-        .where(col(TrainingRun.status) == RunStatus.QUEUED)
-        .order_by(col(TrainingRun.queued_at), col(TrainingRun.id))
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    statement = (
-        sa.update(TrainingRun)
-        .where(col(TrainingRun.id) == oldest, col(TrainingRun.status) == RunStatus.QUEUED)
-        .values(
-            status=RunStatus.RUNNING,
-            worker_host=worker_host,
-            started_at=now,
-            heartbeat_at=now,
-            progress={},  # a re-queued run starts over: the last attempt's epochs are not this one's
-            finished_at=None,
-            error=None,
-        )
-        .returning(col(TrainingRun.id))
-    )
-    claimed = session.connection().execute(statement).scalar_one_or_none()
+    # a re-queued run starts over: the last attempt's epochs are not this one's
+    claimed = claim_oldest(session, TrainingRun, col(TrainingRun.queued_at), worker_host, {"progress": {}})
     if claimed is None:
         return None
     _event(session, claimed, "training.claimed", f"training run {claimed} claimed by {worker_host}")
@@ -178,46 +163,102 @@ def requeue_stale_runs(session: Session, timeout_s: float, now: datetime | None 
     Each run is re-queued by its own guarded update, so a heartbeat that lands in between wins and
     the run stays with its worker. Returns the ids re-queued.
     """
-    cutoff = (now or utcnow()) - timedelta(seconds=timeout_s)
-    stale = session.exec(
-        select(TrainingRun).where(
-            TrainingRun.status == RunStatus.RUNNING,
-            sa.or_(col(TrainingRun.heartbeat_at).is_(None), col(TrainingRun.heartbeat_at) < cutoff),
-        )
-    ).all()
     requeued: list[int] = []
-    for run in stale:
-        assert run.id is not None
-        statement = (
-            sa.update(TrainingRun)
-            .where(
-                col(TrainingRun.id) == run.id,
-                col(TrainingRun.status) == RunStatus.RUNNING,
-                sa.or_(col(TrainingRun.heartbeat_at).is_(None), col(TrainingRun.heartbeat_at) < cutoff),
-            )
-            .values(status=RunStatus.QUEUED, worker_host=None, started_at=None)
-        )
-        if session.connection().execute(statement).rowcount == 1:
-            message = f"training run {run.id} re-queued: no heartbeat from {run.worker_host} for over {timeout_s:g} s"
-            payload = {"worker_host": run.worker_host, "heartbeat_at": _iso(run.heartbeat_at)}
-            _event(session, run.id, "training.requeued", message, EventLevel.WARNING, payload)
-            requeued.append(run.id)
-    session.expire_all()
+    for run in requeue_silent(session, TrainingRun, timeout_s, now):
+        message = f"training run {run.id} re-queued: no heartbeat from {run.worker_host} for over {timeout_s:g} s"
+        payload = {"worker_host": run.worker_host, "heartbeat_at": _iso(run.heartbeat_at)}
+        _event(session, run.id, "training.requeued", message, EventLevel.WARNING, payload)
+        requeued.append(run.id)
     return requeued
 
 
-def _update_owned(session: Session, lease: Lease, values: Mapping[str, Any]) -> bool:
+# --- the discipline shared by every leased table ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SilentRow:
+    """A running row re-queued because its worker went silent: who held it, when it last beat."""
+
+    id: int
+    worker_host: str | None
+    heartbeat_at: datetime | None
+
+
+def claim_oldest(
+    session: Session, table: LeasedTable, queued_at: Any, worker_host: str, reset: Mapping[str, Any]
+) -> int | None:
+    """Atomically mark the oldest queued row of ``table`` (by ``queued_at``, then id) running for
+    ``worker_host``, with ``reset`` for the table's own columns; its id, or None when none is queued."""
+    now = utcnow()
+    oldest = (
+        sa.select(col(table.id))
+        .where(col(table.status) == RunStatus.QUEUED)
+        .order_by(queued_at, col(table.id))
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
     statement = (
-        sa.update(TrainingRun)
+        sa.update(table)
+        .where(col(table.id) == oldest, col(table.status) == RunStatus.QUEUED)
+        .values(
+            status=RunStatus.RUNNING,
+            worker_host=worker_host,
+            started_at=now,
+            heartbeat_at=now,
+            finished_at=None,
+            error=None,
+            **reset,
+        )
+        .returning(col(table.id))
+    )
+    claimed: int | None = session.connection().execute(statement).scalar_one_or_none()
+    return claimed
+
+
+def update_leased(session: Session, table: LeasedTable, lease: Lease, values: Mapping[str, Any]) -> bool:
+    """Update the leased row only while it is running and held by the lease's worker."""
+    statement = (
+        sa.update(table)
         .where(
-            col(TrainingRun.id) == lease.run_id,
-            col(TrainingRun.status) == RunStatus.RUNNING,
-            col(TrainingRun.worker_host) == lease.worker_host,
+            col(table.id) == lease.run_id,
+            col(table.status) == RunStatus.RUNNING,
+            col(table.worker_host) == lease.worker_host,
         )
         .values(**values)
     )
     owned: bool = session.connection().execute(statement).rowcount == 1
     return owned
+
+
+def requeue_silent(
+    session: Session, table: LeasedTable, timeout_s: float, now: datetime | None = None
+) -> list[SilentRow]:
+    """Put back in the queue the running rows of ``table`` silent for longer than ``timeout_s``.
+
+    Each row is re-queued by its own guarded update, so a heartbeat that lands in between wins and
+    the row stays with its worker.
+    """
+    cutoff = (now or utcnow()) - timedelta(seconds=timeout_s)
+    silent = sa.or_(col(table.heartbeat_at).is_(None), col(table.heartbeat_at) < cutoff)
+    columns = sa.select(col(table.id), col(table.worker_host), col(table.heartbeat_at))
+    stale = session.connection().execute(columns.where(col(table.status) == RunStatus.RUNNING, silent)).all()
+    requeued: list[SilentRow] = []
+    for row_id, worker_host, heartbeat_at in stale:
+        assert row_id is not None
+        statement = (
+            sa.update(table)
+            .where(col(table.id) == row_id, col(table.status) == RunStatus.RUNNING, silent)
+            .values(status=RunStatus.QUEUED, worker_host=None, started_at=None)
+        )
+        if session.connection().execute(statement).rowcount == 1:
+            requeued.append(SilentRow(row_id, worker_host, heartbeat_at))
+    session.expire_all()
+    return requeued
+
+
+def _update_owned(session: Session, lease: Lease, values: Mapping[str, Any]) -> bool:
+    return update_leased(session, TrainingRun, lease, values)
 
 
 def _event(

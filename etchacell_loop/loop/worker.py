@@ -1,15 +1,20 @@
-"""The training worker: a process that claims queued training runs and executes them, one at a time.
+"""The worker: a process that claims queued training runs and prediction batches and executes
+them, one at a time; a queued training run goes first, else the oldest queued prediction batch.
 
 Why it is built this way:
 
-* The job is a parameter (``run_worker(..., job=train_job)``): the loop around it (re-queue the
-  dead, claim, heartbeat, finish or fail, stop on request) is the same whatever the job does, and
-  is tested with plain jobs while the real one needs the ``ml`` extra.
+* The jobs are parameters (``run_worker(..., job=train_job, prediction_job=prediction_job)``): the
+  loop around them (re-queue the dead, claim, heartbeat, finish or fail, stop on request) is the
+  same whatever the job does and whichever queue it came from (a :class:`WorkQueue`), and is
+  tested with plain jobs while the real ones need the ``ml`` extra.
 * Two heartbeats: the job calls its :class:`RunHeartbeat` after every epoch (with the progress the
   dashboard shows), and a background thread beats every ``heartbeat_interval_s`` so a long epoch
   does not look like a dead worker. Either one finding that the run is no longer this worker's
   (re-queued after a silence, then claimed elsewhere) marks the heartbeat lost; the next epoch
-  callback raises :class:`RunLost` and the worker walks away without writing to the run.
+  callback raises :class:`RunLost` and the worker walks away without writing to the run. A job
+  writes its results under :meth:`RunHeartbeat.hold`: the lease is checked, and the row locked, in
+  the very transaction that writes them, so a worker that lost its run never overwrites the new
+  holder's results.
 * A stop request (SIGTERM, SIGINT) is honoured at the next epoch: that epoch's heartbeat is recorded,
   the run goes back to the queue for another worker, and the process exits 0.
 * Every step commits its own short transaction: the worker is a process, and the run's row must show
@@ -18,13 +23,14 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import signal
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Protocol
@@ -32,8 +38,9 @@ from typing import Any, Protocol
 from sqlmodel import Session
 
 from etchacell_loop.config import Settings
-from etchacell_loop.db.models import ModelVersion, TrainingRun
-from etchacell_loop.loop import runs
+from etchacell_loop.db.models import ModelVersion, PredictionBatch, TrainingRun
+from etchacell_loop.loop import batches, runs
+from etchacell_loop.loop.prediction_job import prediction_job as predict_batch_job
 from etchacell_loop.loop.runs import Lease
 from etchacell_loop.loop.train_job import train_job
 
@@ -60,17 +67,60 @@ class Heartbeat(Protocol):
 
     def check(self) -> None: ...
 
+    def hold(self, session: Session) -> None: ...
+
 
 Job = Callable[[SessionFactory, Settings, TrainingRun, Heartbeat], int]
+BatchJob = Callable[[SessionFactory, Settings, PredictionBatch, Heartbeat], int]
+
+
+@dataclass(frozen=True)
+class WorkQueue:
+    """One queue the worker takes work from: what its rows are called and how their lease is kept."""
+
+    noun: str
+    claim: Callable[[Session, str], Lease | None]
+    heartbeat: Callable[[Session, Lease, Mapping[str, Any] | None], bool]
+    fail: Callable[[Session, Lease, str], bool]
+    release: Callable[[Session, Lease, str], bool]
+    requeue_stale: Callable[[Session, float], list[int]]
+
+
+def _claim_run(session: Session, worker_host: str) -> Lease | None:
+    run = runs.claim_next_run(session, worker_host)
+    return None if run is None or run.id is None else Lease(run.id, worker_host)
+
+
+def _batch_heartbeat(session: Session, lease: Lease, progress: Mapping[str, Any] | None) -> bool:
+    """A batch's heartbeat; its progress is not stored (the table has no place for it)."""
+    return batches.record_heartbeat(session, lease)
+
+
+TRAINING_QUEUE = WorkQueue(
+    "training run", _claim_run, runs.record_heartbeat, runs.fail_run, runs.release_run, runs.requeue_stale_runs
+)
+PREDICTION_QUEUE = WorkQueue(
+    "prediction batch",
+    batches.claim_next_batch,
+    _batch_heartbeat,
+    batches.fail_batch,
+    batches.release_batch,
+    batches.requeue_stale_batches,
+)
+QUEUES = (TRAINING_QUEUE, PREDICTION_QUEUE)
+"""In the order the worker looks for work."""
 
 
 class RunHeartbeat:
-    """The heartbeat of one claimed run, shared by the job (per epoch) and a background thread."""
+    """The heartbeat of one claimed run or batch, shared by the job and a background thread."""
 
-    def __init__(self, session_factory: SessionFactory, lease: Lease, stop: threading.Event) -> None:
+    def __init__(
+        self, session_factory: SessionFactory, lease: Lease, stop: threading.Event, queue: WorkQueue = TRAINING_QUEUE
+    ) -> None:
         self._session_factory = session_factory
         self._lease = lease
         self._stop = stop
+        self._queue = queue
         self._lost = threading.Event()
         self._lock = threading.Lock()
         self._epochs = 0
@@ -93,19 +143,27 @@ class RunHeartbeat:
     def check(self) -> None:
         """Raise :class:`RunLost` or :class:`WorkerStopping` when the job must not go on."""
         if self._lost.is_set():
-            raise RunLost(f"training run {self._lease.run_id} is no longer held by {self._lease.worker_host}")
+            raise RunLost(f"{self._queue.noun} {self._lease.run_id} is no longer held by {self._lease.worker_host}")
         if self._stop.is_set():
             raise WorkerStopping(STOP_REASON)
+
+    def hold(self, session: Session) -> None:
+        """Beat inside the caller's transaction, or raise :class:`RunLost`: what the caller writes
+        next in that transaction commits only while the run is this worker's (the guarded update
+        locks the row until the commit)."""
+        if self._lost.is_set() or not self._queue.heartbeat(session, self._lease, None):
+            self._lost.set()
+            self.check()
 
     def beat(self, progress: Mapping[str, Any] | None = None) -> bool:
         """One heartbeat in its own transaction; False (and marked lost) when the run is not ours."""
         if self._lost.is_set():
             return False
         with self._lock, self._session_factory() as session:
-            owned = runs.record_heartbeat(session, self._lease, progress)
+            owned = self._queue.heartbeat(session, self._lease, progress)
             session.commit()
         if not owned:
-            log.warning("training run %d was taken from this worker", self._lease.run_id)
+            log.warning("%s %d was taken from this worker", self._queue.noun, self._lease.run_id)
             self._lost.set()
         return owned
 
@@ -114,12 +172,13 @@ class RunHeartbeat:
 class WorkerReport:
     """What one worker process did, for its exit message and the tests."""
 
-    claimed: int = 0
+    claimed: int = 0  # runs and batches alike; the counters below count both
     succeeded: int = 0
     failed: int = 0
     lost: int = 0
     released: int = 0
     requeued_stale: int = 0
+    batches_claimed: int = 0  # how many of the claimed were prediction batches
 
 
 def run_worker(
@@ -127,16 +186,18 @@ def run_worker(
     settings: Settings,
     job: Job = train_job,
     *,
+    prediction_job: BatchJob = predict_batch_job,
     once: bool = False,
     stop: threading.Event | None = None,
     worker_host: str | None = None,
     poll_s: float = 10.0,
     heartbeat_interval_s: float | None = None,
 ) -> WorkerReport:
-    """Claim and run training runs until ``stop`` is set (or, with ``once``, after one claim attempt).
+    """Claim and run training runs and prediction batches until ``stop`` is set (or, with ``once``,
+    after one claim attempt).
 
-    Before each claim, runs silent for longer than ``training.heartbeat_timeout_s`` are re-queued.
-    The background heartbeat beats every quarter of that timeout unless told otherwise.
+    Before each claim, runs and batches silent for longer than ``training.heartbeat_timeout_s`` are
+    re-queued. The background heartbeat beats every quarter of that timeout unless told otherwise.
     """
     stop = stop or threading.Event()
     host = worker_host or runs.worker_identity()
@@ -145,14 +206,19 @@ def run_worker(
     report = WorkerReport()
     while not stop.is_set():
         report.requeued_stale += len(_requeue_stale(session_factory, timeout_s))
-        lease = _claim(session_factory, host)
-        if lease is None:
+        claimed = _claim(session_factory, host)
+        if claimed is None:
             if once:
                 break
             stop.wait(poll_s)
             continue
+        queue, lease = claimed
         report.claimed += 1
-        outcome = run_claimed(session_factory, settings, job, lease, stop, interval_s)
+        if queue is TRAINING_QUEUE:
+            outcome = run_claimed(session_factory, settings, job, lease, stop, interval_s)
+        else:
+            report.batches_claimed += 1
+            outcome = run_claimed_batch(session_factory, settings, prediction_job, lease, stop, interval_s)
         setattr(report, outcome, getattr(report, outcome) + 1)
         if once:
             break
@@ -172,19 +238,64 @@ def run_claimed(
         run = session.get(TrainingRun, lease.run_id)
         assert run is not None
         session.expunge(run)
-    heartbeat = RunHeartbeat(session_factory, lease, stop)
     log.info("training run %d (%s) started on %s", lease.run_id, run.preset, lease.worker_host)
+    heartbeat = RunHeartbeat(session_factory, lease, stop, TRAINING_QUEUE)
+    return _run_leased(
+        session_factory,
+        TRAINING_QUEUE,
+        lease,
+        _beating(heartbeat, heartbeat_interval_s),
+        functools.partial(job, session_factory, settings, run, heartbeat),
+        functools.partial(_finish, session_factory, lease),
+    )
+
+
+def run_claimed_batch(
+    session_factory: SessionFactory,
+    settings: Settings,
+    job: BatchJob,
+    lease: Lease,
+    stop: threading.Event,
+    heartbeat_interval_s: float,
+) -> str:
+    """Run the job of one claimed prediction batch and record how it ended (a WorkerReport counter)."""
+    with session_factory() as session:
+        batch = session.get(PredictionBatch, lease.run_id)
+        assert batch is not None
+        session.expunge(batch)
+    log.info("prediction batch %d (ROI %d) started on %s", lease.run_id, batch.roi_id, lease.worker_host)
+    heartbeat = RunHeartbeat(session_factory, lease, stop, PREDICTION_QUEUE)
+    return _run_leased(
+        session_factory,
+        PREDICTION_QUEUE,
+        lease,
+        _beating(heartbeat, heartbeat_interval_s),
+        functools.partial(job, session_factory, settings, batch, heartbeat),
+        functools.partial(_finish_batch, session_factory, lease),
+    )
+
+
+def _run_leased(
+    session_factory: SessionFactory,
+    queue: WorkQueue,
+    lease: Lease,
+    beating: AbstractContextManager[None],
+    work: Callable[[], int],
+    finish: Callable[[int], str],
+) -> str:
+    """Run ``work`` while the heartbeat beats; record how it ended (``finish`` on success) and
+    return the name of the WorkerReport counter that says so."""
     try:
-        with _beating(heartbeat, heartbeat_interval_s):
-            version_id = job(session_factory, settings, run, heartbeat)
+        with beating:
+            result = work()
     except RunLost:
-        log.warning("training run %d abandoned: another worker holds it now", lease.run_id)
+        log.warning("%s %d abandoned: another worker holds it now", queue.noun, lease.run_id)
         return "lost"
     except WorkerStopping:
-        return _release(session_factory, lease)
+        return _release(session_factory, lease, queue)
     except Exception:
-        return _fail(session_factory, lease, traceback.format_exc())
-    return _finish(session_factory, lease, version_id)
+        return _fail(session_factory, lease, traceback.format_exc(), queue)
+    return finish(result)
 
 
 def install_stop_signals(stop: threading.Event) -> None:
@@ -199,21 +310,26 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 
 def _requeue_stale(session_factory: SessionFactory, timeout_s: float) -> list[int]:
-    with session_factory() as session:
-        requeued = runs.requeue_stale_runs(session, timeout_s)
-        session.commit()
-    for run_id in requeued:
-        log.warning("training run %d re-queued: its worker went silent", run_id)
+    requeued: list[int] = []
+    for queue in QUEUES:
+        with session_factory() as session:
+            found = queue.requeue_stale(session, timeout_s)
+            session.commit()
+        for row_id in found:
+            log.warning("%s %d re-queued: its worker went silent", queue.noun, row_id)
+        requeued += found
     return requeued
 
 
-def _claim(session_factory: SessionFactory, worker_host: str) -> Lease | None:
-    with session_factory() as session:
-        run = runs.claim_next_run(session, worker_host)
-        session.commit()
-    if run is None or run.id is None:
-        return None
-    return Lease(run.id, worker_host)
+def _claim(session_factory: SessionFactory, worker_host: str) -> tuple[WorkQueue, Lease] | None:
+    """The first queue's oldest queued row, each claim in its own transaction."""
+    for queue in QUEUES:
+        with session_factory() as session:
+            lease = queue.claim(session, worker_host)
+            session.commit()
+        if lease is not None:
+            return queue, lease
+    return None
 
 
 def _finish(session_factory: SessionFactory, lease: Lease, version_id: int) -> str:
@@ -231,23 +347,34 @@ def _finish(session_factory: SessionFactory, lease: Lease, version_id: int) -> s
     return "succeeded"
 
 
-def _fail(session_factory: SessionFactory, lease: Lease, error: str) -> str:
+def _finish_batch(session_factory: SessionFactory, lease: Lease, n_slices: int) -> str:
     with session_factory() as session:
-        owned = runs.fail_run(session, lease, error)
+        owned = batches.finish_batch(session, lease)
+        session.commit()
+    if not owned:
+        log.warning("prediction batch %d finished, but another worker holds it now: not recorded", lease.run_id)
+        return "lost"
+    log.info("prediction batch %d succeeded: %d slices", lease.run_id, n_slices)
+    return "succeeded"
+
+
+def _fail(session_factory: SessionFactory, lease: Lease, error: str, queue: WorkQueue = TRAINING_QUEUE) -> str:
+    with session_factory() as session:
+        owned = queue.fail(session, lease, error)
         session.commit()
     if not owned:
         return "lost"
-    log.error("training run %d failed: %s", lease.run_id, error.strip().splitlines()[-1])
+    log.error("%s %d failed: %s", queue.noun, lease.run_id, error.strip().splitlines()[-1])
     return "failed"
 
 
-def _release(session_factory: SessionFactory, lease: Lease) -> str:
+def _release(session_factory: SessionFactory, lease: Lease, queue: WorkQueue = TRAINING_QUEUE) -> str:
     with session_factory() as session:
-        owned = runs.release_run(session, lease, STOP_REASON)
+        owned = queue.release(session, lease, STOP_REASON)
         session.commit()
     if not owned:
         return "lost"
-    log.warning("training run %d handed back to the queue: %s", lease.run_id, STOP_REASON)
+    log.warning("%s %d handed back to the queue: %s", queue.noun, lease.run_id, STOP_REASON)
     return "released"
 
 

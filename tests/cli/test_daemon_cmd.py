@@ -28,7 +28,7 @@ def job_runs(db_url: str) -> list[tuple[str, str]]:
 def test_tick_all_runs_a_round_and_status_shows_it(configured: dict[str, int], db_url: str) -> None:
     result = CliRunner().invoke(app, ["tick", "all"])
     assert result.exit_code == 0, result.output
-    assert job_runs(db_url) == [("ingest", "ok"), ("aggregate", "ok"), ("retire", "ok"), ("train", "ok")]
+    assert job_runs(db_url) == [(job, "ok") for job in ("ingest", "aggregate", "retire", "train", "publish")]
     status = CliRunner().invoke(app, ["status"])
     assert status.exit_code == 0, status.output
     assert "Job status" in status.output and "Ingestion cursors" in status.output
@@ -47,7 +47,7 @@ def test_the_daemon_stops_cleanly_on_sigterm_and_a_second_one_is_refused(
     command = [sys.executable, "-m", "etchacell_loop", "--log-format", "json", "daemon"]
     daemon = subprocess.Popen(command, env=dict(os.environ), stderr=subprocess.PIPE, text=True)
     try:
-        done = {"ingest", "aggregate", "retire", "train"}
+        done = {"ingest", "aggregate", "retire", "train", "publish"}
         assert wait_until(lambda: {job for job, status in job_runs(db_url) if status == "ok"} == done, 90)
         second = subprocess.run(command, env=dict(os.environ), capture_output=True, text=True, timeout=60)
         assert second.returncode == 2 and "another daemon" in second.stderr

@@ -17,9 +17,18 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from etchacell_loop.config import Settings, TrainingSettings
-from etchacell_loop.db.models import Event, ModelVersion, RunStatus, TrainingRun, TrainingTrigger
+from etchacell_loop.db.models import (
+    Event,
+    ModelVersion,
+    PredictionBatch,
+    Roi,
+    RunStatus,
+    TrainingRun,
+    TrainingTrigger,
+    Volume,
+)
 from etchacell_loop.db.types import utcnow
-from etchacell_loop.loop import runs
+from etchacell_loop.loop import batches, runs
 from etchacell_loop.loop.worker import Heartbeat, RunHeartbeat, SessionFactory, run_worker
 from tests.loop.support import read_run
 from tests.model.support import make_volume, write_labelled_slices
@@ -236,6 +245,87 @@ def test_sigterm_requeues_the_run_and_exits_zero(db_url: str, migrated_engine: E
     run = read_run(migrated_engine, run_id)
     assert run.status == RunStatus.QUEUED and run.worker_host is None
     assert run.progress.get("epoch", 0) >= 1
+
+
+def _queue_batches(session_factory: SessionFactory, n: int) -> list[int]:
+    """``n`` prediction batches of one model version, one per ROI."""
+    with session_factory() as session:
+        volume = Volume(
+            name="v", storage_uri="v.zarr", shape_z=4, shape_y=8, shape_x=8,
+            voxel_size_z_nm=50.0, voxel_size_y_nm=10.0, voxel_size_x_nm=10.0,
+        )  # fmt: skip
+        version = ModelVersion(
+            version="v0099-00000000", artifact_uri="m.keras", preset="small", architecture="unet-2.5d",
+            data_hash="0" * 64,
+        )  # fmt: skip
+        session.add_all([volume, version])
+        session.flush()
+        assert volume.id is not None and version.id is not None
+        ids = []
+        for i in range(n):
+            roi = Roi(volume_id=volume.id, name=f"r{i}", x=0, y=0, z=0, width=8, height=8, depth=4)
+            session.add(roi)
+            session.flush()
+            assert roi.id is not None
+            batch = batches.queue_prediction_batch(session, version.id, roi.id)
+            assert batch.id is not None
+            ids.append(batch.id)
+        session.commit()
+    return ids
+
+
+def test_training_runs_go_first_then_prediction_batches(migrated_engine: Engine, tmp_path: Path) -> None:
+    factory = _factory(migrated_engine)
+    broken, fine = _queue_batches(factory, 2)
+    (run_id,) = _queue(migrated_engine, "train")
+    order: list[str] = []
+    stop = threading.Event()
+
+    def train(session_factory: SessionFactory, settings: Settings, run: TrainingRun, heartbeat: Heartbeat) -> int:
+        order.append(f"run {run.id}")
+        return _register(session_factory, run, 0.5)
+
+    def predict(
+        session_factory: SessionFactory, settings: Settings, batch: PredictionBatch, heartbeat: Heartbeat
+    ) -> int:
+        order.append(f"batch {batch.id}")
+        if batch.id == broken:
+            raise OSError("volume v.zarr is gone")
+        with session_factory() as session:
+            heartbeat.hold(session)  # results are written under the lease
+            session.commit()
+        stop.set()
+        return 4
+
+    report = run_worker(factory, _settings(tmp_path), train, prediction_job=predict, stop=stop, poll_s=0.05)
+    assert order == [f"run {run_id}", f"batch {broken}", f"batch {fine}"]
+    assert (report.claimed, report.batches_claimed, report.succeeded, report.failed) == (3, 2, 2, 1)
+    with Session(migrated_engine) as session:
+        failed, done = session.get(PredictionBatch, broken), session.get(PredictionBatch, fine)
+        assert failed is not None and failed.status == RunStatus.FAILED
+        assert failed.error is not None and "OSError: volume v.zarr is gone" in failed.error
+        assert done is not None and done.status == RunStatus.SUCCEEDED and done.finished_at is not None
+        event = session.exec(select(Event).where(Event.kind == "prediction.failed")).one()
+        assert event.payload["prediction_batch_id"] == broken
+
+
+def test_a_stop_request_hands_a_batch_back(migrated_engine: Engine, tmp_path: Path) -> None:
+    factory = _factory(migrated_engine)
+    (batch_id,) = _queue_batches(factory, 1)
+    stop = threading.Event()
+
+    def predict(
+        session_factory: SessionFactory, settings: Settings, batch: PredictionBatch, heartbeat: Heartbeat
+    ) -> int:
+        stop.set()  # SIGTERM arrives while a chunk is predicted
+        heartbeat.check()
+        raise AssertionError("not reached")
+
+    report = run_worker(factory, _settings(tmp_path), prediction_job=predict, stop=stop)
+    assert (report.released, report.failed) == (1, 0)
+    with Session(migrated_engine) as session:
+        batch = session.get(PredictionBatch, batch_id)
+        assert batch is not None and batch.status == RunStatus.QUEUED and batch.worker_host is None
 
 
 @pytest.mark.slow
