@@ -130,7 +130,14 @@ class TrainingSettings(_Section):
 
     min_new_consensus_slices: int = Field(default=200, ge=1)
     preset: str = "small"
+    epochs: int | None = Field(default=None, ge=1)  # None: the preset's
+    steps_per_epoch: int | None = Field(default=None, ge=1)  # None: the preset's
     heartbeat_timeout_s: int = Field(default=600, ge=10)
+
+    def run_config(self) -> dict[str, int]:
+        """What a queued run carries for the worker: the preset's epochs and steps, where overridden."""
+        chosen = {"epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch}
+        return {key: value for key, value in chosen.items() if value is not None}
 
 
 class CorrectionSettings(_Section):

@@ -39,7 +39,13 @@ def retrain(
         try:
             with session_scope(engine) as session:
                 run = queue_training_run(
-                    session, TrainingTrigger.MANUAL, by or current_user(), reason, name, force=force
+                    session,
+                    TrainingTrigger.MANUAL,
+                    by or current_user(),
+                    reason,
+                    name,
+                    force=force,
+                    config=cli.settings.training.run_config(),
                 )
         except RunAlreadyActive as exc:
             raise CommandError(str(exc)) from None

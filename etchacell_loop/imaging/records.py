@@ -8,14 +8,16 @@ same manifest again, or a second manifest of the same volume, reuses them. The c
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sqlmodel import Session, select
 
-from etchacell_loop.db.models import Roi, Volume
+from etchacell_loop.db.models import DataSplit, Roi, Volume
 from etchacell_loop.imaging.manifest import ManifestEntry, VolumeRecord
 from etchacell_loop.imaging.volume import RoiBox
+from etchacell_loop.model.data import assign_splits
 from etchacell_loop.panoptes.upload import FrameFile, SubjectUpload
 
 RoiKey = tuple[str, str]  # (volume name, ROI name)
@@ -55,8 +57,28 @@ def ensure_roi(session: Session, volume: Volume, box: RoiBox) -> Roi:
     return row
 
 
+def assign_roi_splits(session: Session, volume: Volume) -> dict[str, DataSplit]:
+    """Give the volume's ROIs without a split one (train, validation or test, by ROI as the paper
+    split its data, so validation and test ROIs are never trained on), and return every ROI's split.
+
+    Splits are drawn over all the volume's ROI names with a seed made from the volume's name, so the
+    same ROIs always get the same splits; an ROI that has a split keeps it for good (a model version's
+    validation figures must stay comparable with the next one's)."""
+    assert volume.id is not None
+    rois = list(session.exec(select(Roi).where(Roi.volume_id == volume.id)).all())
+    seed = int.from_bytes(hashlib.sha256(volume.name.encode()).digest()[:4], "big")
+    drawn = assign_splits([roi.name for roi in rois], seed=seed)
+    for roi in rois:
+        if roi.split is DataSplit.UNASSIGNED:
+            roi.split = DataSplit(drawn[roi.name])
+            session.add(roi)
+    session.flush()
+    return {roi.name: roi.split for roi in rois}
+
+
 def ensure_manifest_rows(session: Session, entries: Sequence[ManifestEntry]) -> dict[RoiKey, int]:
-    """Volume and ROI rows for every entry; (volume name, ROI name) → ROI row id."""
+    """Volume and ROI rows for every entry (ROIs given a split: :func:`assign_roi_splits`);
+    (volume name, ROI name) → ROI row id."""
     volumes: dict[str, Volume] = {}
     roi_ids: dict[RoiKey, int] = {}
     for entry in entries:
@@ -68,6 +90,8 @@ def ensure_manifest_rows(session: Session, entries: Sequence[ManifestEntry]) -> 
         roi = ensure_roi(session, volumes[entry.volume.name], entry.roi)
         assert roi.id is not None
         roi_ids[key] = roi.id
+    for volume in volumes.values():
+        assign_roi_splits(session, volume)
     return roi_ids
 
 

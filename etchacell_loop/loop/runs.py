@@ -89,6 +89,7 @@ def queue_training_run(
     preset: str = "small",
     *,
     force: bool = False,
+    config: Mapping[str, Any] | None = None,
 ) -> TrainingRun:
     """Queue a run; refused with :class:`RunAlreadyActive` while another is queued or running.
 
@@ -98,7 +99,9 @@ def queue_training_run(
     existing = active_run(session)
     if existing is not None and not force:
         raise RunAlreadyActive(existing)
-    run = TrainingRun(trigger=trigger, requested_by=requested_by, reason=reason, preset=preset)
+    run = TrainingRun(
+        trigger=trigger, requested_by=requested_by, reason=reason, preset=preset, config=dict(config or {})
+    )
     session.add(run)
     session.flush()
     _event(session, run.id, "training.queued", f"{trigger.value} training run queued by {requested_by}")

@@ -12,7 +12,7 @@ One transaction: re-queueing, counting and queueing commit together or not at al
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -67,7 +67,8 @@ def run_train_trigger(
         last = last_run(session)
         result.new_consensus = new_consensus_count(session, last.queued_at if last else None)
         if result.new_consensus >= training.min_new_consensus_slices:
-            queue_if_idle(session, result, trigger_reason(result.new_consensus, last), training.preset)
+            reason = trigger_reason(result.new_consensus, last)
+            queue_if_idle(session, result, reason, training.preset, training.run_config())
         session.commit()
     log.info("train trigger: %s", result)
     return result
@@ -100,7 +101,9 @@ def trigger_reason(new_consensus: int, last: LastRun | None) -> str:
     return f"{new_consensus} new consensus slices {since}"
 
 
-def queue_if_idle(session: Session, result: TrainTriggerResult, reason: str, preset: str) -> None:
+def queue_if_idle(
+    session: Session, result: TrainTriggerResult, reason: str, preset: str, config: Mapping[str, Any] | None = None
+) -> None:
     """Queue an automatic run unless one is queued or running (then note which one)."""
     existing = active_run(session)
     if existing is not None:
@@ -108,6 +111,11 @@ def queue_if_idle(session: Session, result: TrainTriggerResult, reason: str, pre
         log.info("train trigger: %s, but run %s is %s", reason, existing.id, existing.status.value)
         return
     run = queue_training_run(
-        session, trigger=TrainingTrigger.AUTOMATIC, requested_by=REQUESTED_BY, reason=reason, preset=preset
+        session,
+        trigger=TrainingTrigger.AUTOMATIC,
+        requested_by=REQUESTED_BY,
+        reason=reason,
+        preset=preset,
+        config=config,
     )
     result.queued_run_id = run.id

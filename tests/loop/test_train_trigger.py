@@ -32,7 +32,9 @@ THRESHOLD = 3
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    training = TrainingSettings(min_new_consensus_slices=THRESHOLD, preset="small-3d", heartbeat_timeout_s=60)
+    training = TrainingSettings(
+        min_new_consensus_slices=THRESHOLD, preset="small-3d", heartbeat_timeout_s=60, epochs=3, steps_per_epoch=None
+    )
     return Settings(data_dir=tmp_path, training=training)
 
 
@@ -101,6 +103,7 @@ def test_a_run_is_queued_at_the_threshold_and_not_below_it(
     assert at.new_consensus == THRESHOLD and at.queued_run_id is not None
     run = read_run(migrated_engine, at.queued_run_id)
     assert (run.status, run.trigger, run.preset) == (RunStatus.QUEUED, TrainingTrigger.AUTOMATIC, "small-3d")
+    assert run.config == {"epochs": 3}  # the configured override travels with the run; steps stay the preset's
     assert run.reason == f"{THRESHOLD} new consensus slices since the start"
     assert queued_events(migrated_engine) == 1
     assert at.as_json()["queued_run_id"] == at.queued_run_id
