@@ -84,6 +84,9 @@ def volunteers(
     rate: Annotated[float, typer.Option(help="classifications per second; 0: as fast as possible")] = 0.0,
     max_classifications: Annotated[int | None, typer.Option(help="stop after this many classifications")] = None,
     until_retired: Annotated[bool, typer.Option(help="stop once every subject is retired")] = False,
+    follow: Annotated[
+        bool, typer.Option(help="keep waiting for new subjects, as a live project's crowd does (stop: Ctrl-C/SIGTERM)")
+    ] = False,
     mix: Annotated[
         str | None, typer.Option(help="behaviours, e.g. careful=0.4,sloppy=0.3,partial=0.3 [default: the paper's]")
     ] = None,
@@ -106,9 +109,10 @@ def volunteers(
             rate_per_s=rate,
             max_classifications=max_classifications,
             until_retired=until_retired,
+            follow=follow,
         )
     except ValueError as exc:
-        raise CommandError(f"{exc} (see --mix, --max-classifications, --until-retired, --rate)") from None
+        raise CommandError(f"{exc} (see --mix, --max-classifications, --until-retired, --follow, --rate)") from None
     try:
         volumes = volumes_by_name(truth or [])
     except TruthError as exc:

@@ -56,6 +56,7 @@ CAESAR_TOOLS = frozenset(
 )
 DEFAULT_NEW_VOLUNTEER_PROBABILITY = 0.12  # Yule-Simon: Gini of effort ≈ 0.83 (see module docstring)
 IDLE_LIMIT = 200  # draws in a row that found nothing to classify before giving up
+FOLLOW_IDLE_DRAWS = 20  # when following: draws in a row that found nothing before waiting for new subjects
 
 
 class VolunteerRunError(RuntimeError):
@@ -72,14 +73,16 @@ class RunOptions:
     rate_per_s: float = 0.0
     max_classifications: int | None = None
     until_retired: bool = False
+    follow: bool = False  # keep waiting for new subjects (a live project) instead of stopping when idle
+    follow_poll_s: float = 2.0
     fem_fraction: float = 0.5
     new_volunteer_probability: float = DEFAULT_NEW_VOLUNTEER_PROBABILITY
     page_size: int = 10
     password: str = "volunteer"
 
     def __post_init__(self) -> None:
-        if self.max_classifications is None and not self.until_retired:
-            raise ValueError("say when to stop: a maximum number of classifications, or until retired")
+        if self.max_classifications is None and not self.until_retired and not self.follow:
+            raise ValueError("say when to stop: a maximum number of classifications, until retired, or follow")
         if self.max_classifications is not None and self.max_classifications < 0:
             raise ValueError("the maximum number of classifications cannot be negative")
         if self.rate_per_s < 0:
@@ -277,7 +280,11 @@ class VolunteerCrowd:
                 if self.options.until_retired and self._queue_empty(workflow):
                     report.stop_reason = "every subject is retired"
                     break
-                if idle >= IDLE_LIMIT:
+                if self.options.follow and idle >= FOLLOW_IDLE_DRAWS:
+                    self.sleep(self.options.follow_poll_s)  # a live project: new subjects will come
+                    self.effort.exhausted.clear()
+                    idle = 0
+                elif idle >= IDLE_LIMIT:
                     report.stop_reason = f"{IDLE_LIMIT} volunteers in a row found nothing new to classify"
                     break
                 continue

@@ -18,6 +18,7 @@ from etchacell_loop.simulation.truth import open_volume_truth, subject_crop, sub
 from etchacell_loop.simulation.volunteers import (
     EffortProcess,
     RunOptions,
+    RunReport,
     VolunteerCrowd,
     VolunteerRunError,
     gini,
@@ -105,6 +106,37 @@ def test_until_retired_stops_when_every_subject_is_retired(
     assert retired == set(subject_ids)
     per_subject = Counter(p.subject_id for p in report.posted)
     assert set(per_subject) == set(subject_ids) and min(per_subject.values()) >= 3
+
+
+class _StopWaiting(Exception):
+    pass
+
+
+def test_a_following_crowd_waits_for_new_subjects_instead_of_stopping(
+    sandbox: SandboxProcess, volume_path: Path, tmp_path: Path
+) -> None:
+    """A live project: once everything is retired the crowd waits, and classifies what arrives next."""
+    sandbox.clear_faults()
+    ids = sandbox.seed(retirement_count=2)
+    workflow_id, project_id = ids["segmentation_workflow_id"], ids["project_id"]
+    first = upload(sandbox, workflow_id, project_id, flipbooks(tmp_path, [5]))
+    arrived: list[int] = []
+    waits: list[float] = []
+    seen: list[RunReport] = []
+
+    def wait_then_publish(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) > 1:
+            raise _StopWaiting  # it waited again once the new subjects were done: enough
+        arrived.extend(upload(sandbox, workflow_id, project_id, flipbooks(tmp_path, [6, 7])))
+
+    options = RunOptions(workflow_id=workflow_id, mix=CrowdMix.parse("careful=1"), seed=3, follow=True)
+    crowd = VolunteerCrowd(sandbox.url, options, volumes_by_name([volume_path]), sleep=wait_then_publish)
+    with crowd, pytest.raises(_StopWaiting):
+        crowd.run(seen.append)
+    assert waits == [2.0, 2.0] and len(arrived) == 2
+    per_subject = Counter(p.subject_id for p in seen[-1].posted)
+    assert set(per_subject) == {*first, *arrived} and min(per_subject.values()) >= 2
 
 
 def test_correction_subjects_are_judged_from_the_overlay(
