@@ -16,11 +16,11 @@ from sqlmodel import Session, select
 from etchacell_loop.cli.context import CliState, CommandError, console, err_console, operator_errors, state
 from etchacell_loop.db import migrate
 from etchacell_loop.db.engine import session_scope
-from etchacell_loop.db.models import SubjectSet, Workflow
+from etchacell_loop.db.models import DataSplit, SubjectSet, Workflow
 from etchacell_loop.imaging.manifest import ManifestEntry, ManifestError, manifest_path, read_manifest
 from etchacell_loop.imaging.prepare import PrepareReport, checked_rois, prepare_subjects
 from etchacell_loop.imaging.prepare import Progress as ProgressCallback
-from etchacell_loop.imaging.records import ensure_manifest_rows, manifest_uploads
+from etchacell_loop.imaging.records import SplitError, ensure_manifest_rows, manifest_uploads
 from etchacell_loop.imaging.subjects import RoiSpecError, SubjectFormat, parse_roi_spec
 from etchacell_loop.imaging.volume import LazyVolume, RoiBox, VolumeError, open_volume, parse_voxel_size_nm
 from etchacell_loop.loop.project import configured_roles, register_project
@@ -139,14 +139,33 @@ def upload(
     workflow: Annotated[
         int | None, typer.Option(help="link the set to this workflow [default: panoptes.segmentation_workflow_id]")
     ] = None,
+    no_workflow: Annotated[
+        bool,
+        typer.Option(
+            "--no-workflow", help="link the set to no workflow: subjects held back for the model to predict"
+        ),
+    ] = False,
+    roi: Annotated[
+        list[str] | None, typer.Option("--roi", help="only this ROI's subjects (repeatable) [default: all]")
+    ] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--split",
+            help="ROI=train|validation|test, fixing an ROI's split (repeatable) [default: drawn, then kept]",
+        ),
+    ] = None,
 ) -> None:
     """Upload every subject of a manifest exactly once (safe to re-run; resumes after a kill)."""
     cli = state(ctx)
-    entries = _manifest_entries(directory)
+    entries = _only_rois(_manifest_entries(directory), roi or [])
+    splits = _parse_splits(split or [])
     project_id = cli.settings.panoptes.project_id
     if project_id is None:
         raise CommandError("panoptes.project_id is not set (ETCHACELL_PANOPTES__PROJECT_ID or etchacell.toml)")
-    workflow_id = workflow if workflow is not None else cli.settings.panoptes.segmentation_workflow_id
+    if no_workflow and workflow is not None:
+        raise CommandError("--workflow and --no-workflow: give one")
+    workflow_id = None if no_workflow else workflow or cli.settings.panoptes.segmentation_workflow_id
     with cli.engine() as engine:
         if not migrate.is_up_to_date(engine):
             raise CommandError("the database schema is not up to date: run `etchacell db upgrade` first")
@@ -157,7 +176,10 @@ def upload(
             set_panoptes_id = gateway.ensure_subject_set(project_id, subject_set, workflow_id=workflow_id)
             with session_scope(engine) as session:
                 set_row = _subject_set_row(cli, session, info, subject_set, set_panoptes_id, workflow_id)
-                roi_ids = ensure_manifest_rows(session, entries)
+                try:
+                    roi_ids = ensure_manifest_rows(session, entries, splits)
+                except SplitError as exc:
+                    raise CommandError(str(exc)) from None
             uploads = manifest_uploads(entries, directory, roi_ids)
             with _progress_bar("uploading subjects") as advance:
                 sessions = functools.partial(Session, engine, expire_on_commit=False)
@@ -165,6 +187,27 @@ def upload(
     _print_uploaded(subject_set, set_panoptes_id, result)
     if result.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _only_rois(entries: list[ManifestEntry], names: Sequence[str]) -> list[ManifestEntry]:
+    if not names:
+        return entries
+    known = {entry.roi.name for entry in entries}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise CommandError(f"--roi {', '.join(unknown)}: not in the manifest (it has {', '.join(sorted(known))})")
+    return [entry for entry in entries if entry.roi.name in names]
+
+
+def _parse_splits(texts: Sequence[str]) -> dict[str, DataSplit]:
+    allowed = (DataSplit.TRAIN, DataSplit.VALIDATION, DataSplit.TEST)
+    splits: dict[str, DataSplit] = {}
+    for text in texts:
+        name, _, value = text.partition("=")
+        if not name or value not in {s.value for s in allowed}:
+            raise CommandError(f"--split {text!r}: expected ROI=train|validation|test")
+        splits[name] = DataSplit(value)
+    return splits
 
 
 def _manifest_entries(directory: Path) -> list[ManifestEntry]:

@@ -76,9 +76,16 @@ def assign_roi_splits(session: Session, volume: Volume) -> dict[str, DataSplit]:
     return {roi.name: roi.split for roi in rois}
 
 
-def ensure_manifest_rows(session: Session, entries: Sequence[ManifestEntry]) -> dict[RoiKey, int]:
-    """Volume and ROI rows for every entry (ROIs given a split: :func:`assign_roi_splits`);
-    (volume name, ROI name) → ROI row id."""
+class SplitError(ValueError):
+    """An ROI asked for a split other than the one it already has."""
+
+
+def ensure_manifest_rows(
+    session: Session, entries: Sequence[ManifestEntry], splits: Mapping[str, DataSplit] | None = None
+) -> dict[RoiKey, int]:
+    """Volume and ROI rows for every entry; (volume name, ROI name) → ROI row id. ROIs named in
+    ``splits`` get that split (refused, :class:`SplitError`, when they already have another: a model's
+    validation figures must stay comparable), the others one drawn by :func:`assign_roi_splits`."""
     volumes: dict[str, Volume] = {}
     roi_ids: dict[RoiKey, int] = {}
     for entry in entries:
@@ -90,9 +97,19 @@ def ensure_manifest_rows(session: Session, entries: Sequence[ManifestEntry]) -> 
         roi = ensure_roi(session, volumes[entry.volume.name], entry.roi)
         assert roi.id is not None
         roi_ids[key] = roi.id
+        _fix_split(session, roi, (splits or {}).get(roi.name))
     for volume in volumes.values():
         assign_roi_splits(session, volume)
     return roi_ids
+
+
+def _fix_split(session: Session, roi: Roi, wanted: DataSplit | None) -> None:
+    if wanted is None or roi.split is wanted:
+        return
+    if roi.split is not DataSplit.UNASSIGNED:
+        raise SplitError(f"ROI {roi.name} is already in the {roi.split.value} split, not {wanted.value}")
+    roi.split = wanted
+    session.add(roi)
 
 
 def manifest_uploads(

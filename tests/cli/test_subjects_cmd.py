@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 from etchacell_loop.cli.app import app
 from etchacell_loop.db.engine import make_engine
-from etchacell_loop.db.models import Roi, Subject, SubjectSet, UploadState, Volume
+from etchacell_loop.db.models import DataSplit, Roi, Subject, SubjectSet, UploadState, Volume
 from etchacell_loop.imaging.manifest import read_manifest
 from etchacell_loop.sandbox.harness import SandboxProcess
 from tests.imaging.support import write_imagej_tiff, write_ome_zarr
@@ -113,6 +114,36 @@ def test_upload_puts_every_subject_on_panoptes_once_and_records_it(
         assert all(r.upload_attempts == 1 for r in rows)  # the rerun posted nothing
     finally:
         engine.dispose()
+
+
+def test_upload_can_hold_rois_back_and_fix_their_splits(
+    configured: dict[str, int], sandbox: SandboxProcess, volume_path: Path, tmp_path: Path, db_url: str
+) -> None:
+    out = tmp_path / "subjects"
+    rois = ["--roi", ROI, "--roi", "cell02:4,6,5:40,30,2"]
+    assert runner.invoke(app, ["subjects", "prepare", str(volume_path), *rois, "--out", str(out)]).exit_code == 0
+    upload = ["subjects", "upload", str(out)]
+    traced = [*upload, "--subject-set", "traced", "--roi", "cell01", "--split", "cell01=validation"]
+    held = [*upload, "--subject-set", "held back", "--roi", "cell02", "--no-workflow"]
+    for command in (traced, held):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+    sets = {s["display_name"]: s for s in sandbox.inventory(configured["project_id"])["subject_sets"]}
+    assert sets["traced"]["workflow_ids"] == [configured["segmentation_workflow_id"]]
+    assert sets["held back"]["workflow_ids"] == []
+    engine = make_engine(db_url)
+    try:
+        with Session(engine) as session:
+            splits = {roi.name: roi.split for roi in session.exec(select(Roi)).all()}
+            per_roi = Counter(subject.roi_id for subject in session.exec(select(Subject)).all())
+    finally:
+        engine.dispose()
+    assert splits["cell01"] is DataSplit.VALIDATION and splits["cell02"] is not DataSplit.UNASSIGNED
+    assert sorted(per_roi.values()) == [2, 3]
+    refused = runner.invoke(app, [*traced[:-1], "cell01=train"])
+    assert refused.exit_code == 2 and "already in the validation split" in refused.output
+    unknown = runner.invoke(app, [*traced[:5], "--roi", "cell09"])
+    assert unknown.exit_code == 2 and "cell09: not in the manifest" in unknown.output
 
 
 def test_upload_exits_1_with_a_summary_when_subjects_fail(
