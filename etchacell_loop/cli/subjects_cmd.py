@@ -141,9 +141,7 @@ def upload(
     ] = None,
     no_workflow: Annotated[
         bool,
-        typer.Option(
-            "--no-workflow", help="link the set to no workflow: subjects held back for the model to predict"
-        ),
+        typer.Option("--no-workflow", help="link the set to no workflow: subjects held back for the model to predict"),
     ] = False,
     roi: Annotated[
         list[str] | None, typer.Option("--roi", help="only this ROI's subjects (repeatable) [default: all]")

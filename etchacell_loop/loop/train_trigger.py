@@ -20,7 +20,7 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from etchacell_loop.config import Settings
-from etchacell_loop.db.models import ConsensusResult, RunStatus, TrainingRun, TrainingTrigger
+from etchacell_loop.db.models import DecisionOutcome, RetirementDecision, RunStatus, TrainingRun, TrainingTrigger
 from etchacell_loop.loop.runs import active_run, queue_training_run, requeue_stale_runs
 from etchacell_loop.panoptes.gateway import PanoptesGateway
 
@@ -89,16 +89,20 @@ def last_run(session: Session) -> LastRun | None:
 
 
 def new_consensus_count(session: Session, since: datetime | None) -> int:
-    """Current consensus results created after ``since`` (all of them when None)."""
-    statement = select(func.count(col(ConsensusResult.id))).where(col(ConsensusResult.is_current).is_(True))
+    """Slices whose consensus has settled since ``since`` (all when None): subjects the retire job
+    decided to retire. A consensus still gathering classifications changes with each of them, and
+    counting it would queue runs on half-finished answers (and one re-aggregated slice many times)."""
+    statement = select(func.count(func.distinct(RetirementDecision.subject_id))).where(
+        col(RetirementDecision.outcome) == DecisionOutcome.RETIRE
+    )
     if since is not None:
-        statement = statement.where(col(ConsensusResult.created_at) > since)
+        statement = statement.where(col(RetirementDecision.decided_at) > since)
     return int(session.exec(statement).one())
 
 
 def trigger_reason(new_consensus: int, last: LastRun | None) -> str:
     since = f"since run {last.id}" if last else "since the start"
-    return f"{new_consensus} new consensus slices {since}"
+    return f"{new_consensus} newly settled consensus slices {since}"
 
 
 def queue_if_idle(

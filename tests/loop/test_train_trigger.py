@@ -1,5 +1,5 @@
 """The automatic training trigger on a real database (SQLite and PostgreSQL): a run queued at the
-threshold of new consensus and not below it, never a second while one is queued or running, counting
+threshold of newly settled consensus and not below it, never a second while one is queued or running, counting
 restarting at the newest run, and dead workers' runs re-queued first."""
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ from etchacell_loop.config import Settings, TrainingSettings
 from etchacell_loop.db.models import (
     ConsensusKind,
     ConsensusResult,
+    DecisionOutcome,
     Event,
+    RetirementDecision,
     RunStatus,
+    Subject,
     TrainingRun,
     TrainingTrigger,
 )
@@ -28,6 +31,7 @@ from tests.loop.support import read_run
 from tests.panoptes.support import session_factory
 
 THRESHOLD = 3
+UNSETTLED_SLICE = 10_000
 
 
 @pytest.fixture
@@ -47,20 +51,42 @@ def roi(migrated_engine: Engine) -> int:
 
 
 def add_consensus(engine: Engine, roi: int, slices: range, created_at: datetime | None = None) -> None:
-    """A new current consensus for each slice (the previous one, if any, no longer current)."""
+    """Each slice's subject decided for retirement at ``created_at``, its consensus settled (a subject
+    decided again counts once)."""
+    when = created_at or utcnow()
     with Session(engine) as session:
-        for slice_index in slices:
+        for slice_index in [*slices, UNSETTLED_SLICE]:
             session.execute(
                 sa.update(ConsensusResult)
                 .where(col(ConsensusResult.roi_id) == roi, col(ConsensusResult.slice_index) == slice_index)
                 .values(is_current=False)
             )
+        for slice_index in slices:
+            key = f"roi{roi}-z{slice_index}"
+            subject = session.exec(select(Subject).where(Subject.upload_key == key)).first()
+            if subject is None:
+                subject = Subject(upload_key=key, roi_id=roi, slice_index=slice_index, frames=[slice_index],
+                                  target_frame=0)  # fmt: skip
+                session.add(subject)
+                session.flush()
+            consensus = ConsensusResult(
+                roi_id=roi, slice_index=slice_index, kind=ConsensusKind.VOLUNTEER, n_classifications=5,
+                n_volunteers=5, last_classification_id=slice_index, created_at=when,
+            )  # fmt: skip
+            session.add(consensus)
+            session.flush()
             session.add(
-                ConsensusResult(
-                    roi_id=roi, slice_index=slice_index, kind=ConsensusKind.VOLUNTEER, n_classifications=5,
-                    n_volunteers=5, last_classification_id=slice_index, created_at=created_at or utcnow(),
+                RetirementDecision(
+                    subject_id=row_id(subject), consensus_result_id=consensus.id, policy="stable-consensus",
+                    outcome=DecisionOutcome.RETIRE, n_classifications=5, decided_at=when,
                 )
             )  # fmt: skip
+        session.add(  # a slice still being classified: its consensus has not settled, so it does not count
+            ConsensusResult(
+                roi_id=roi, slice_index=UNSETTLED_SLICE, kind=ConsensusKind.VOLUNTEER, n_classifications=2,
+                n_volunteers=2, last_classification_id=1, created_at=when,
+            )
+        )  # fmt: skip
         session.commit()
 
 
@@ -90,7 +116,7 @@ def test_a_run_is_queued_at_the_threshold_and_not_below_it(
 ) -> None:
     factory = session_factory(migrated_engine)
     add_consensus(migrated_engine, roi, range(THRESHOLD - 1))
-    add_consensus(migrated_engine, roi, range(THRESHOLD - 1))  # re-aggregated: still THRESHOLD - 1 slices
+    add_consensus(migrated_engine, roi, range(THRESHOLD - 1))  # decided again: still THRESHOLD - 1 subjects
 
     below = run_train_trigger(factory, None, settings)
 
@@ -104,7 +130,7 @@ def test_a_run_is_queued_at_the_threshold_and_not_below_it(
     run = read_run(migrated_engine, at.queued_run_id)
     assert (run.status, run.trigger, run.preset) == (RunStatus.QUEUED, TrainingTrigger.AUTOMATIC, "small-3d")
     assert run.config == {"epochs": 3}  # the configured override travels with the run; steps stay the preset's
-    assert run.reason == f"{THRESHOLD} new consensus slices since the start"
+    assert run.reason == f"{THRESHOLD} newly settled consensus slices since the start"
     assert queued_events(migrated_engine) == 1
     assert at.as_json()["queued_run_id"] == at.queued_run_id
 
@@ -154,7 +180,8 @@ def test_counting_restarts_at_the_newest_run_that_was_not_cancelled(
 
     assert at.new_consensus == THRESHOLD and at.queued_run_id is not None
     assert (
-        read_run(migrated_engine, at.queued_run_id).reason == f"{THRESHOLD} new consensus slices since run {finished}"
+        read_run(migrated_engine, at.queued_run_id).reason
+        == f"{THRESHOLD} newly settled consensus slices since run {finished}"
     )
 
 
