@@ -34,7 +34,7 @@ endif
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy etchacell_loop migrations/env.py tests bench
+	$(BIN)/mypy etchacell_loop migrations/env.py tests bench ops
 
 demo: $(STAMP)
 	@ETCHACELL_DATA_DIR=$(DEMO_DIR) ETCHACELL_BIN=$(BIN) bash ops/demo.sh

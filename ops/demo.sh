@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# `make demo`: walk through what etchacell-loop can do so far, on a throw-away data directory.
+# `make demo`: the whole system on one machine, on a throw-away data directory: a synthetic volume,
+# its subjects on a local Panoptes sandbox, simulated volunteers, the daemon and a CPU worker running
+# two rounds of the loop (consensus, retirement, training, predictions corrected by volunteers), a report.
 set -euo pipefail
 BIN=${ETCHACELL_BIN:-.venv/bin}
 export ETCHACELL_DATA_DIR=${ETCHACELL_DATA_DIR:-demo-data}
 export COLUMNS=${COLUMNS:-120}
 etchacell() { "$BIN/etchacell" "$@"; }
 step() { printf '\n\033[1;36m== %s\033[0m\n' "$*"; }
+STARTED=$(date +%s)
+# A demo starts from nothing: an earlier demo's data directory (marked as such) is removed first.
+if [ -e "$ETCHACELL_DATA_DIR/.etchacell-demo" ]; then rm -rf "$ETCHACELL_DATA_DIR"; fi
+mkdir -p "$ETCHACELL_DATA_DIR" && touch "$ETCHACELL_DATA_DIR/.etchacell-demo"
 
 step "The effective configuration (defaults + etchacell.toml + ETCHACELL_* variables; secrets masked)"
 ETCHACELL_PANOPTES__CLIENT_SECRET=demo-secret-never-shown etchacell config show
@@ -19,11 +25,6 @@ etchacell db current
 
 step "The named ops queries (ops/queries/*.sql)"
 etchacell query --list
-
-for name in $("$BIN/python" -c 'from etchacell_loop.db.queries import load_queries; print(" ".join(load_queries()))'); do
-  step "etchacell query $name"
-  etchacell query "$name"
-done
 
 step "The same SQL, ready to paste into Grafana"
 etchacell query classification_throughput --sql grafana
@@ -44,7 +45,7 @@ sys.exit('the sandbox did not start; see $ETCHACELL_DATA_DIR/sandbox.log')"
 IDS=$(etchacell sandbox seed --url "http://127.0.0.1:$PORT")
 echo "seeded: $IDS"
 field() { "$BIN/python" -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$IDS" "$1"; }
-export ETCHACELL_PANOPTES__ENDPOINT="http://127.0.0.1:$PORT"
+export ETCHACELL_PANOPTES__ENDPOINT="http://127.0.0.1:$PORT" ETCHACELL_PANOPTES__CAESAR_ENDPOINT="http://127.0.0.1:$PORT"
 export ETCHACELL_PANOPTES__CLIENT_ID=sandbox ETCHACELL_PANOPTES__CLIENT_SECRET=sandbox-secret
 export ETCHACELL_PANOPTES__PROJECT_ID=$(field project_id)
 export ETCHACELL_PANOPTES__SEGMENTATION_WORKFLOW_ID=$(field segmentation_workflow_id)
@@ -54,51 +55,37 @@ step "Sign in with client credentials and look at the project"
 etchacell panoptes check
 etchacell panoptes register
 
-step "A synthetic SBF-SEM volume with known truth (OME-Zarr; docs/synthetic-data.md)"
+step "A synthetic SBF-SEM volume with known truth: four cells (OME-Zarr; docs/synthetic-data.md)"
 VOLUME="$ETCHACELL_DATA_DIR/hela.zarr"
-etchacell synth volume "$VOLUME" --shape 24,512,512 --cells 2 --seed 1 --overwrite
+etchacell synth volume "$VOLUME" --shape 24,1024,1024 --cells 4 --seed 1 --overwrite
 
-step "Subjects: every slice of every nucleus as a 5-frame flipbook (demo size: 512 px crops shown at 256 px)"
-export ETCHACELL_IMAGING__CROP_SIZE_PX=512 ETCHACELL_IMAGING__SUBJECT_SIZE_PX=256
+step "Subjects: every slice of every nucleus as a 5-frame flipbook (demo size: 400 px crops shown at 200 px)"
+export ETCHACELL_IMAGING__CROP_SIZE_PX=400 ETCHACELL_IMAGING__SUBJECT_SIZE_PX=200
 etchacell subjects prepare "$VOLUME" --all-rois --out "$ETCHACELL_DATA_DIR/subjects"
 etchacell subjects prepare "$VOLUME" --all-rois --out "$ETCHACELL_DATA_DIR/subjects"   # again: nothing new to write
 
-step "Upload them to the sandbox, idempotently (the second run finds every subject already there)"
-etchacell subjects upload "$ETCHACELL_DATA_DIR/subjects" --subject-set "hela round 1"
-etchacell subjects upload "$ETCHACELL_DATA_DIR/subjects" --subject-set "hela round 1"
+step "Upload: three nuclei for volunteers to trace (train, validation, test); the fourth held back for the model"
+etchacell subjects upload "$ETCHACELL_DATA_DIR/subjects" --subject-set "hela traced" \
+  --roi cell01 --roi cell02 --roi cell03 --split cell01=train --split cell02=validation --split cell03=test
+etchacell subjects upload "$ETCHACELL_DATA_DIR/subjects" --subject-set "hela traced" \
+  --roi cell01 --roi cell02 --roi cell03   # again: every subject is already there
+etchacell subjects upload "$ETCHACELL_DATA_DIR/subjects" --subject-set "hela held back" \
+  --roi cell04 --split cell04=train --no-workflow
 
-step "Simulated volunteers trace the envelope through the sandbox, as the Zooniverse front ends would"
-etchacell sandbox volunteers --url "http://127.0.0.1:$PORT" --workflow "$ETCHACELL_PANOPTES__SEGMENTATION_WORKFLOW_ID" \
-  --truth "$VOLUME" --max-classifications 240 --seed 1
+step "The loop, live: the daemon, a CPU worker, and two crowds (tracing; correcting the model) until two rounds are done"
+# Demo pace: jobs every 5 s, retirement from 6 classifications, a small model trained briefly once 40
+# slices have settled, 10 uncertain slices (+ a monitoring share) sent for correction per model.
+export ETCHACELL_JOBS__INGEST_INTERVAL_S=5 ETCHACELL_JOBS__AGGREGATE_INTERVAL_S=5 ETCHACELL_JOBS__RETIRE_INTERVAL_S=5
+export ETCHACELL_JOBS__TRAIN_INTERVAL_S=5 ETCHACELL_JOBS__PUBLISH_INTERVAL_S=5
+export ETCHACELL_RETIREMENT__MIN_CLASSIFICATIONS=6
+export ETCHACELL_TRAINING__PRESET=small ETCHACELL_TRAINING__MIN_NEW_CONSENSUS_SLICES=40
+export ETCHACELL_TRAINING__EPOCHS=4 ETCHACELL_TRAINING__STEPS_PER_EPOCH=10
+export ETCHACELL_CORRECTION__BUDGET_PER_ROUND=10 ETCHACELL_CORRECTION__MONITORING_FRACTION=0.2
+export ETCHACELL_CORRECTION__MIN_COMPONENT_VOXELS=20 ETCHACELL_CORRECTION__KEEP_LARGEST=true
+"$BIN/python" ops/demo_loop.py --volume "$VOLUME" --sandbox-url "http://127.0.0.1:$PORT" --minutes "${DEMO_LOOP_MINUTES:-11}"
 
-step "The loop pulls new classifications: twice, the second finds nothing new"
-etchacell panoptes pull
-etchacell panoptes pull
-etchacell query cursor_lag
+step "The loop at a glance (etchacell status reads the same named queries as the dashboard)"
+etchacell status
 
-step "A classification export, as Project → Data exports gives it, aggregated with CRIA"
-"$BIN/python" - "$PORT" "$ETCHACELL_DATA_DIR/export.csv" <<'PY'
-import gzip, logging, os, sys, time
-import httpx
-from panoptes_client import Panoptes
-url, out = f"http://127.0.0.1:{sys.argv[1]}", sys.argv[2]
-logging.getLogger("httpx").setLevel(logging.WARNING)
-client = Panoptes(endpoint=url, client_id="sandbox", client_secret="sandbox-secret", username="", password="")
-project = os.environ["ETCHACELL_PANOPTES__PROJECT_ID"]
-with client:
-    client.post(f"/projects/{project}/classifications_export", json={"media": {"content_type": "text/csv"}})
-    for _ in range(120):
-        media = client.get(f"/projects/{project}/classifications_export")[0]["media"][0]
-        if media.get("metadata", {}).get("state") == "ready":
-            break
-        time.sleep(0.5)
-data = httpx.get(media["src"], timeout=60).content
-with open(out, "wb") as handle:
-    handle.write(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
-print(f"export written to {out}")
-PY
-etchacell aggregate "$ETCHACELL_DATA_DIR/export.csv" --out "$ETCHACELL_DATA_DIR/consensus" \
-  --workflow-id "$ETCHACELL_PANOPTES__SEGMENTATION_WORKFLOW_ID"
-head -5 "$ETCHACELL_DATA_DIR/consensus/summary.csv"
-
-printf '\nDemo data lives in %s (remove it with `make clean-demo`).\n' "$ETCHACELL_DATA_DIR"
+printf '\nmake demo took %d min %d s.\n' $((($(date +%s) - STARTED) / 60)) $((($(date +%s) - STARTED) % 60))
+printf '\nDemo data lives in %s: the database stays for `etchacell query` (remove it with `make clean-demo`).\n' "$ETCHACELL_DATA_DIR"

@@ -76,7 +76,7 @@ from etchacell_loop.loop.prediction_job import PredictionReadError, predicted_ar
 from etchacell_loop.model.registry import promoted_version
 from etchacell_loop.model.training_set import resolve_uri
 from etchacell_loop.panoptes.caesar import connect_caesar
-from etchacell_loop.panoptes.errors import PanoptesError
+from etchacell_loop.panoptes.errors import PanoptesAuthError, PanoptesError, PanoptesUnavailable
 from etchacell_loop.panoptes.gateway import PanoptesGateway
 from etchacell_loop.panoptes.upload import SubjectUpload, upload_subjects
 
@@ -517,6 +517,8 @@ def push_machine_marks(session_factory: SessionFactory, gateway: PanoptesGateway
                 log.warning("publish: marks of subject %d not pushed: %s", subject.panoptes_id, exc)
                 _event(session_factory, "publish.push_failed", f"subject {subject.panoptes_id}: {exc}",
                        EventLevel.WARNING, subject.model_version_id, subject_id=subject.id)  # fmt: skip
+                if isinstance(exc, PanoptesUnavailable | PanoptesAuthError):
+                    break  # Caesar is down or refuses us: the others wait for the next run, not for retries
                 continue
             _marks_pushed(session_factory, subject, len(marks), workflow_id)
             pushed += 1

@@ -384,8 +384,16 @@ class VolunteerCrowd:
             return str(token.json()["access_token"])
 
     def _queued(self, workflow: _Workflow, person: SimVolunteer | None) -> list[dict[str, Any]]:
+        """The subjects Panoptes would serve next. A workflow with no subject set yet answers 404: when
+        following a live project that means "nothing yet" (its first set is still to come)."""
         params = {"workflow_id": workflow.workflow_id, "page_size": self.options.page_size}
-        items: list[dict[str, Any]] = self._api("GET", "/subjects/queued", person, params=params).json()["subjects"]
+        try:
+            response = self._api("GET", "/subjects/queued", person, params=params)
+        except VolunteerRunError as exc:
+            if self.options.follow and "HTTP 404" in str(exc):
+                return []
+            raise
+        items: list[dict[str, Any]] = response.json()["subjects"]
         return items
 
     def _next_subject(self, workflow: _Workflow, person: SimVolunteer) -> tuple[dict[str, Any], Selection] | None:

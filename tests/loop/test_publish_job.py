@@ -45,7 +45,7 @@ from etchacell_loop.loop.runs import Lease
 from etchacell_loop.loop.worker import PREDICTION_QUEUE, RunHeartbeat, SessionFactory
 from etchacell_loop.panoptes.caesar import connect_caesar
 from etchacell_loop.panoptes.gateway import PanoptesGateway
-from etchacell_loop.sandbox.harness import SandboxProcess
+from etchacell_loop.sandbox.harness import SandboxProcess, free_port
 from tests.factories import add_project, add_subject_set, add_workflow, row_id
 from tests.loop.test_prediction_job import ROI_XYZ_WHD, brightness_fn, shell_volume, stand_in_preset
 from tests.panoptes.support import panoptes_settings
@@ -351,3 +351,26 @@ def test_marks_caesar_refused_are_pushed_by_the_next_run(
     assert (resumed.uploaded, resumed.marks_pushed) == (0, 4)
     assert all(s.machine_marks_pushed_at is not None for s in prediction_subjects(world))
     assert all(len(found) == 1 for found in sandbox_subjects(sandbox, world).values())
+
+
+def test_an_unreachable_caesar_costs_one_attempt_per_run_not_one_per_subject(
+    world: World, gateway: PanoptesGateway
+) -> None:
+    factory = world.sessions()
+    run_publish(factory, gateway, world.settings)
+    run_queued_batch(world)
+    unreachable = world.settings.model_copy(
+        update={
+            "panoptes": world.settings.panoptes.model_copy(
+                update={"caesar_endpoint": f"http://127.0.0.1:{free_port()}"}
+            )
+        }
+    )
+
+    down = run_publish(factory, gateway, unreachable)
+
+    assert (down.uploaded, down.marks_pushed) == (4, 0)
+    with Session(world.engine) as session:
+        failures = session.exec(select(Event).where(Event.kind == "publish.push_failed")).all()
+    assert len(failures) == 1  # the others were not tried: they wait for the next run
+    assert run_publish(factory, gateway, world.settings).marks_pushed == 4

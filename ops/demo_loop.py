@@ -1,0 +1,335 @@
+"""The closed loop, live: the daemon, a worker and two simulated crowds run together until two rounds
+are done (or the time limit), then a report.
+
+Run by ``ops/demo.sh`` after the sandbox, the volume and the subjects are ready; everything it needs
+comes from the environment the demo exported (``ETCHACELL_*``, ``ETCHACELL_BIN``, the demo's paths):
+
+    python ops/demo_loop.py --volume DATA/hela.zarr --sandbox-url URL --minutes 12
+
+A *round* is: volunteers' consensus → retirement → an automatic training run → the promoted model
+predicts the held-back slices → the most uncertain go to the correction workflow as editable marks →
+volunteers correct them → the corrected consensus is measured against the prediction and becomes
+training data for the next round's model. The demo ends once two model versions have had their
+predictions corrected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from etchacell_loop.config import load_settings
+from etchacell_loop.db.engine import make_engine
+from etchacell_loop.db.models import (
+    Classification,
+    ConsensusKind,
+    ConsensusResult,
+    DataSplit,
+    ModelMetric,
+    ModelVersion,
+    PredictionBatch,
+    RetirementState,
+    Roi,
+    SlicePrediction,
+    Subject,
+    SubjectKind,
+    TrainingRun,
+    Workflow,
+)
+from etchacell_loop.loop.machine_marks import is_machine_mark_id
+from etchacell_loop.model import registry
+from etchacell_loop.model.evaluation import evaluate_paths
+
+POLL_S = 5.0
+FIXED_RETIREMENT = 30  # the paper's classifications per subject
+
+
+@dataclass
+class Snapshot:
+    """The loop's state as the watcher prints it."""
+
+    classifications: Counter[str]
+    retired: Counter[str]
+    versions: list[tuple[str, bool]]
+    runs: Counter[str]
+    batches: Counter[str]
+    correction_subjects: int
+    corrected_slices: int
+    measured_versions: set[str]
+
+    def line(self) -> str:
+        versions = ", ".join(f"{name}{'*' if promoted else ''}" for name, promoted in self.versions) or "none"
+        return (
+            f"classifications {dict(self.classifications)} · retired {dict(self.retired)} · "
+            f"training runs {dict(self.runs)} · models {versions} · prediction batches {dict(self.batches)} · "
+            f"correction subjects {self.correction_subjects} · corrected slices {self.corrected_slices}"
+        )
+
+
+def snapshot(engine: Engine) -> Snapshot:
+    with Session(engine) as session:
+        roles = {w.id: w.role.value for w in session.exec(select(Workflow)).all()}
+        per_workflow = session.exec(
+            select(Classification.workflow_id, func.count(col(Classification.id))).group_by(
+                col(Classification.workflow_id)
+            )
+        ).all()
+        retired = session.exec(
+            select(Subject.kind, func.count(col(Subject.id)))
+            .where(col(Subject.retirement_state) != RetirementState.ACTIVE)
+            .group_by(col(Subject.kind))
+        ).all()
+        versions = [(v.version, v.promoted) for v in session.exec(select(ModelVersion).order_by(col(ModelVersion.id)))]
+        runs = Counter(r.status.value for r in session.exec(select(TrainingRun)).all())
+        batches = Counter(b.status.value for b in session.exec(select(PredictionBatch)).all())
+        corrections = session.exec(
+            select(func.count(col(Subject.id))).where(Subject.kind == SubjectKind.PREDICTION)
+        ).one()
+        corrected = session.exec(
+            select(func.count(col(ConsensusResult.id))).where(
+                ConsensusResult.kind == ConsensusKind.CORRECTED, col(ConsensusResult.is_current).is_(True)
+            )
+        ).one()
+        measured = session.exec(
+            select(ModelVersion.version)
+            .join(PredictionBatch, col(PredictionBatch.model_version_id) == col(ModelVersion.id))
+            .join(SlicePrediction, col(SlicePrediction.batch_id) == col(PredictionBatch.id))
+            .where(col(SlicePrediction.correction_dice).is_not(None))
+            .distinct()
+        ).all()
+    return Snapshot(
+        Counter({roles.get(w, str(w)): int(n) for w, n in per_workflow}),
+        Counter({str(SubjectKind(kind)): int(n) for kind, n in retired}),
+        versions,
+        runs,
+        batches,
+        int(corrections),
+        int(corrected),
+        set(measured),
+    )
+
+
+def promote_if_stalled(engine: Engine, published: set[str]) -> str | None:
+    """A newer version that did not beat the promoted one on validation is promoted by hand, once the
+    promoted one's predictions have been sent: an operator's decision the demo makes to show a second
+    round (and says so)."""
+    with Session(engine) as session:
+        current = registry.promoted_version(session)
+        newest = session.exec(select(ModelVersion).order_by(col(ModelVersion.id).desc())).first()
+        if newest is None or current is None or newest.id == current.id or current.version not in published:
+            return None
+        registry.promote_version(session, newest, by="demo", reason="promoted by hand to run a second round")
+        session.commit()
+        return f"{newest.version} did not beat {current.version} on validation; promoted by hand for round 2"
+
+
+def published_versions(engine: Engine) -> set[str]:
+    with Session(engine) as session:
+        rows = session.exec(
+            select(ModelVersion.version)
+            .join(PredictionBatch, col(PredictionBatch.model_version_id) == col(ModelVersion.id))
+            .join(Subject, col(Subject.prediction_batch_id) == col(PredictionBatch.id))
+            .distinct()
+        ).all()
+    return set(rows)
+
+
+def start(name: str, command: list[str], logs: Path) -> subprocess.Popen[bytes]:
+    handle = (logs / f"{name}.log").open("wb")
+    print(f"  started {name}: {' '.join(command[1:])}  (log: {logs / (name + '.log')})", flush=True)
+    return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ))
+
+
+def stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    for process in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 90
+    for name, process in processes.items():
+        try:
+            code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            print(f"  {name} stopped (exit {code})")
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            print(f"  {name} did not stop in time: killed")
+
+
+def watch(engine: Engine, processes: dict[str, subprocess.Popen[bytes]], deadline: float, rounds: int) -> bool:
+    last = ""
+    while time.monotonic() < deadline:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                print(f"  {name} ended early (exit {process.returncode}); see its log")
+                return False
+        state = snapshot(engine)
+        line = state.line()
+        if line != last:
+            print(f"  [{time.strftime('%H:%M:%S')}] {line}", flush=True)
+            last = line
+        note = promote_if_stalled(engine, published_versions(engine))
+        if note:
+            print(f"  {note}", flush=True)
+        if len(state.measured_versions) >= rounds:
+            print(f"  {rounds} rounds done: corrections measured for {', '.join(sorted(state.measured_versions))}")
+            return True
+        time.sleep(POLL_S)
+    print("  stopped at the time limit")
+    return False
+
+
+# --- the report -----------------------------------------------------------------------------------------
+
+
+def report(engine: Engine, volume: Path, data_dir: Path, binary: Path, seconds: float) -> None:
+    with Session(engine) as session:
+        print_crowd(session)
+        test_roi = session.exec(select(Roi).where(Roi.split == DataSplit.TEST)).first()
+        versions = list(session.exec(select(ModelVersion).order_by(col(ModelVersion.id))).all())
+        print_models(session, versions, test_roi, volume, data_dir, binary)
+        print_corrections(session, versions)
+    print(f"\nloop wall time: {seconds / 60:.1f} min")
+
+
+def print_crowd(session: Session) -> None:
+    subjects = session.exec(select(Subject)).all()
+    by_subject = Counter(
+        session.exec(select(Classification.subject_id).where(col(Classification.subject_id).is_not(None))).all()
+    )
+    retired = [s for s in subjects if s.retirement_state is RetirementState.RETIRED]
+    print("\nsubjects and classifications")
+    for kind in SubjectKind:
+        of_kind = [s for s in subjects if s.kind is kind]
+        done = [s for s in retired if s.kind is kind]
+        seen = [s for s in of_kind if by_subject[s.id]]
+        per_retired = statistics.fmean(by_subject[s.id] for s in done) if done else float("nan")
+        print(
+            f"  {kind.value:<10} {len(of_kind):>4} subjects ({len(of_kind) - len(seen)} never shown: held back or "
+            f"not yet served), {sum(by_subject[s.id] for s in of_kind):>5} classifications, {len(done):>4} retired, "
+            f"{per_retired:.1f} classifications per retired subject (fixed rule: {FIXED_RETIREMENT})"
+        )
+
+
+def print_models(
+    session: Session, versions: list[ModelVersion], test_roi: Roi | None, volume: Path, data_dir: Path, binary: Path
+) -> None:
+    print("\nmodel versions (validation against consensus; test ROI against the ground truth)")
+    kinds = dict(session.exec(select(ConsensusResult.id, ConsensusResult.kind)).all())
+    for version in versions:
+        ids = [i for split in version.training_data.get("consensus_ids", {}).values() for i in split]
+        corrected = sum(1 for i in ids if kinds.get(i) is ConsensusKind.CORRECTED)
+        metrics = {
+            (m.reference.value, m.name): m.value
+            for m in session.exec(select(ModelMetric).where(ModelMetric.model_version_id == version.id)).all()
+            if m.split is DataSplit.VALIDATION
+        }
+        truth = truth_figures(version.version, test_roi, volume, data_dir, binary)
+        print(
+            f"  {version.version}{' (promoted)' if version.promoted else ''}: trained on {len(ids)} consensus slices "
+            f"({corrected} corrected by volunteers); validation F {_fig(metrics.get(('consensus', 'f_measure')))}, "
+            f"AHD {_fig(metrics.get(('consensus', 'ahd_px')))} px; {truth}"
+        )
+
+
+def truth_figures(version: str, roi: Roi | None, volume: Path, data_dir: Path, binary: Path) -> str:
+    if roi is None:
+        return "no test ROI"
+    out = data_dir / "demo-eval" / f"{version}-{roi.name}.zarr"
+    command = [
+        str(binary), "predict", str(volume), "--model", version, "--roi", roi.name, "--out", str(out),
+        "--overwrite", "--keep-largest", "--min-component-voxels", "50",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"test ROI {roi.name}: prediction failed ({done.stderr.strip().splitlines()[-1:]})"
+    row = evaluate_paths(out, volume).as_dict()
+    return (
+        f"test ROI {roi.name} vs truth: F {_fig(row.get('f_measure'))}, AHD {_fig(row.get('ahd_px'))} px, "
+        f"area F {_fig(row.get('area_f_measure'))}"
+    )
+
+
+def print_corrections(session: Session, versions: list[ModelVersion]) -> None:
+    print("\ncorrections (the model's predictions sent back to volunteers)")
+    for version in versions:
+        rows = session.exec(
+            select(SlicePrediction)
+            .join(PredictionBatch, col(SlicePrediction.batch_id) == col(PredictionBatch.id))
+            .where(PredictionBatch.model_version_id == version.id, col(SlicePrediction.subject_id).is_not(None))
+        ).all()
+        if not rows:
+            continue
+        dice = [r.correction_dice for r in rows if r.correction_dice is not None]
+        subject_ids = [r.subject_id for r in rows]
+        kept, marks = machine_marks_kept(session, subject_ids)
+        print(
+            f"  {version.version}: {len(rows)} slices sent ({Counter(r.selection.value for r in rows)}), "
+            f"{len(dice)} corrected and folded back, median Dice prediction vs corrected consensus "
+            f"{_fig(statistics.median(dice) if dice else None)}; "
+            f"volunteers kept {kept} of {marks} machine marks as drawn"
+        )
+
+
+def machine_marks_kept(session: Session, subject_ids: list[int | None]) -> tuple[int, int]:
+    rows = session.exec(select(Classification.raw_annotations).where(col(Classification.subject_id).in_(subject_ids)))
+    kept = total = 0
+    for raw in rows:
+        for task in json.loads(raw) if raw else []:
+            for mark in task.get("value", []) if isinstance(task, dict) else []:
+                if isinstance(mark, dict) and "markId" in mark:
+                    total += 1
+                    kept += is_machine_mark_id(str(mark["markId"]))
+    return kept, total
+
+
+def _fig(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--volume", type=Path, required=True)
+    parser.add_argument("--sandbox-url", required=True)
+    parser.add_argument("--minutes", type=float, default=12.0, help="time limit of the live loop")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    engine = make_engine(settings.effective_database_url)
+    binary = Path(os.environ.get("ETCHACELL_BIN", ".venv/bin")) / "etchacell"
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    segmentation = settings.panoptes.segmentation_workflow_id
+    correction = settings.panoptes.correction_workflow_id
+    crowd = [str(binary), "sandbox", "volunteers", "--url", args.sandbox_url, "--truth", str(args.volume), "--follow"]
+    started = time.monotonic()
+    processes = {
+        "daemon": start("daemon", [str(binary), "--log-format", "json", "daemon"], logs),
+        "worker": start("worker", [str(binary), "worker", "--poll-s", "2"], logs),
+        "tracing crowd": start("tracing-crowd", [*crowd, "--workflow", str(segmentation), "--seed", "1"], logs),
+        "correcting crowd": start("correcting-crowd", [*crowd, "--workflow", str(correction), "--seed", "2"], logs),
+    }
+    try:
+        watch(engine, processes, started + args.minutes * 60, args.rounds)
+    finally:
+        stop(processes)
+    seconds = time.monotonic() - started
+    report(engine, args.volume, settings.data_dir, binary, seconds)
+    engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
