@@ -79,7 +79,7 @@ export ETCHACELL_JOBS__INGEST_INTERVAL_S=5 ETCHACELL_JOBS__AGGREGATE_INTERVAL_S=
 export ETCHACELL_JOBS__TRAIN_INTERVAL_S=5 ETCHACELL_JOBS__PUBLISH_INTERVAL_S=5
 export ETCHACELL_RETIREMENT__MIN_CLASSIFICATIONS=6
 export ETCHACELL_TRAINING__PRESET=small ETCHACELL_TRAINING__MIN_NEW_CONSENSUS_SLICES=40
-export ETCHACELL_TRAINING__EPOCHS=4 ETCHACELL_TRAINING__STEPS_PER_EPOCH=10
+export ETCHACELL_TRAINING__EPOCHS=6 ETCHACELL_TRAINING__STEPS_PER_EPOCH=20
 export ETCHACELL_CORRECTION__BUDGET_PER_ROUND=10 ETCHACELL_CORRECTION__MONITORING_FRACTION=0.2
 export ETCHACELL_CORRECTION__MIN_COMPONENT_VOXELS=20 ETCHACELL_CORRECTION__KEEP_LARGEST=true
 "$BIN/python" ops/demo_loop.py --volume "$VOLUME" --sandbox-url "http://127.0.0.1:$PORT" --minutes "${DEMO_LOOP_MINUTES:-11}"
@@ -87,5 +87,6 @@ export ETCHACELL_CORRECTION__MIN_COMPONENT_VOXELS=20 ETCHACELL_CORRECTION__KEEP_
 step "The loop at a glance (etchacell status reads the same named queries as the dashboard)"
 etchacell status
 
-printf '\nmake demo took %d min %d s.\n' $((($(date +%s) - STARTED) / 60)) $((($(date +%s) - STARTED) % 60))
+ELAPSED=$(( $(date +%s) - STARTED ))
+printf '\nmake demo took %d min %d s.\n' $(( ELAPSED / 60 )) $(( ELAPSED % 60 ))
 printf '\nDemo data lives in %s: the database stays for `etchacell query` (remove it with `make clean-demo`).\n' "$ETCHACELL_DATA_DIR"
