@@ -319,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         "daemon": start("daemon", [str(binary), "--log-format", "json", "daemon"], logs),
         "worker": start("worker", [str(binary), "worker", "--poll-s", "2"], logs),
         "tracing crowd": start("tracing-crowd", [*crowd, "--workflow", str(segmentation), "--seed", "1"], logs),
-        "correcting crowd": start("correcting-crowd", [*crowd, "--workflow", str(correction), "--seed", "2"], logs),
+        "correcting crowd": start(
+            "correcting-crowd", [*crowd, "--workflow", str(correction), "--seed", "2", "--rate", "3"], logs
+        ),
     }
     try:
         watch(engine, processes, started + args.minutes * 60, args.rounds)
