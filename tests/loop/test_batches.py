@@ -3,7 +3,6 @@ atomic claims, lease-guarded updates, re-queueing the silent."""
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from datetime import timedelta
 
@@ -11,12 +10,12 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from etchacell_loop.db.engine import make_engine
 from etchacell_loop.db.models import Event, ModelVersion, PredictionBatch, Roi, RunStatus, Volume
 from etchacell_loop.db.types import utcnow
 from etchacell_loop.loop import batches
 from etchacell_loop.loop.batches import BatchRequestError
 from etchacell_loop.loop.runs import Lease
+from tests.loop.support import claim_concurrently
 
 
 def _model_and_rois(engine: Engine, n_rois: int = 1) -> tuple[int, list[int]]:
@@ -159,32 +158,14 @@ def test_concurrent_claimers_never_get_the_same_batch(db_url: str, migrated_engi
     n_rois, n_workers = 24, 4
     version_id, roi_ids = _model_and_rois(migrated_engine, n_rois)
     ids = [_queue(migrated_engine, version_id, roi_id) for roi_id in roi_ids]
-    claims: dict[str, list[int]] = {}
-    start = threading.Barrier(n_workers)
-    errors: list[BaseException] = []
-
-    def work(host: str) -> None:
-        engine = make_engine(db_url)  # each claimer its own engine and connections
-        mine: list[int] = []
-        try:
-            start.wait()
-            while (lease := _claim(engine, host)) is not None:
-                mine.append(lease.run_id)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            claims[host] = mine
-            engine.dispose()
-
-    threads = [threading.Thread(target=work, args=(f"worker-{i}",)) for i in range(n_workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    claims = claim_concurrently(db_url, n_workers, lambda engine, host: _lease_id(_claim(engine, host)))
     counted = Counter(batch_id for mine in claims.values() for batch_id in mine)
     assert sorted(counted) == sorted(ids) and set(counted.values()) == {1}
     with Session(migrated_engine) as session:
         owner = {batch_id: host for host, mine in claims.items() for batch_id in mine}
         rows = session.exec(select(PredictionBatch).order_by(col(PredictionBatch.id))).all()
         assert all(row.status == RunStatus.RUNNING and row.worker_host == owner[row.id] for row in rows if row.id)
+
+
+def _lease_id(lease: Lease | None) -> int | None:
+    return None if lease is None else lease.run_id

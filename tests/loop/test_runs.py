@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from datetime import timedelta
 
@@ -10,12 +9,11 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from etchacell_loop.db.engine import make_engine
 from etchacell_loop.db.models import Event, RunStatus, TrainingRun, TrainingTrigger
 from etchacell_loop.db.types import utcnow
 from etchacell_loop.loop import runs
 from etchacell_loop.loop.runs import Lease, RunAlreadyActive
-from tests.loop.support import read_run
+from tests.loop.support import claim_concurrently, read_run
 
 
 def _queue(engine: Engine, n: int) -> list[int]:
@@ -132,30 +130,7 @@ def test_release_puts_the_run_back_in_line(migrated_engine: Engine) -> None:
 def test_concurrent_workers_claim_each_run_exactly_once(db_url: str, migrated_engine: Engine) -> None:
     n_runs, n_workers = 40, 4
     ids = _queue(migrated_engine, n_runs)
-    claims: dict[str, list[int]] = {}
-    start = threading.Barrier(n_workers)
-    errors: list[BaseException] = []
-
-    def work(host: str) -> None:
-        engine = make_engine(db_url)  # each worker its own engine and connections
-        mine: list[int] = []
-        try:
-            start.wait()
-            while (run := _claim(engine, host)) is not None:
-                assert run.id is not None
-                mine.append(run.id)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            claims[host] = mine
-            engine.dispose()
-
-    threads = [threading.Thread(target=work, args=(f"worker-{i}",)) for i in range(n_workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    claims = claim_concurrently(db_url, n_workers, lambda engine, host: _run_id(_claim(engine, host)))
     counted = Counter(run_id for mine in claims.values() for run_id in mine)
     assert sorted(counted) == sorted(ids) and set(counted.values()) == {1}
     with Session(migrated_engine) as session:
@@ -164,3 +139,7 @@ def test_concurrent_workers_claim_each_run_exactly_once(db_url: str, migrated_en
         assert all(row.status == RunStatus.RUNNING and row.worker_host == owner[row.id] for row in rows if row.id)
         claimed_events = session.exec(select(Event).where(Event.kind == "training.claimed")).all()
         assert len(claimed_events) == n_runs
+
+
+def _run_id(run: TrainingRun | None) -> int | None:
+    return None if run is None else run.id
