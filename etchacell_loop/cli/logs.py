@@ -17,6 +17,9 @@ from rich.logging import RichHandler
 from etchacell_loop.cli.context import err_console
 
 QUIET_LIBRARIES = ("alembic", "httpx", "urllib3", "panoptes_client", "apscheduler")
+# The scheduler warns each time a job's period comes round while the one worker thread is busy with
+# another job; that is the coalescing the daemon asks for, so it is not worth a warning line.
+ERRORS_ONLY = ("apscheduler.scheduler",)
 
 
 class LogFormat(StrEnum):
@@ -53,3 +56,5 @@ def configure_logging(verbose: bool, log_format: LogFormat = LogFormat.TEXT) -> 
     )
     for noisy in QUIET_LIBRARIES:
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    for chatty in ERRORS_ONLY:
+        logging.getLogger(chatty).setLevel(logging.INFO if verbose else logging.ERROR)

@@ -19,6 +19,7 @@ def test_json_lines_carry_time_level_logger_message_and_the_exception(capsys: py
     except RuntimeError:
         log.exception("job failed")
     logging.getLogger("apscheduler.scheduler").info("library chatter stays out")
+    logging.getLogger("apscheduler.scheduler").warning("a coalesced run was skipped: stays out too")
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(e["level"], e["logger"], e["message"]) for e in lines] == [
         ("info", "etchacell_loop.loop.jobs", "job ingest done"),
