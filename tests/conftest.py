@@ -49,6 +49,8 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 
 def postgres_database(admin_url: str) -> Iterator[str]:
+    """A URL to a brand-new database on the server of ``admin_url`` (a role that may create databases),
+    dropped when the generator is closed."""
     name = f"etchacell_test_{uuid.uuid4().hex[:12]}"
     admin = make_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with admin.connect() as conn:
