@@ -59,6 +59,7 @@ from etchacell_loop.db.models import (
 )
 from etchacell_loop.db.types import utcnow
 from etchacell_loop.loop.batches import queue_prediction_batch
+from etchacell_loop.loop.correction_signal import raise_regression_signal
 from etchacell_loop.loop.correction_subjects import (
     OUTLINE_KEY,
     OUTLINE_MARKS,
@@ -99,6 +100,7 @@ class PublishJobResult:
     marks_pushed: int = 0
     corrections_measured: int = 0
     median_correction_dice: dict[str, float] = field(default_factory=dict)
+    correction_regression: str | None = None  # the promoted version's predictions changed more than before
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +125,10 @@ def run_publish(
     result.corrections_measured = measure_corrections(session_factory, settings.data_dir)
     with session_factory() as session:
         result.median_correction_dice = median_correction_dice(session)
+        result.correction_regression = raise_regression_signal(session)
+        session.commit()
+    if result.correction_regression:
+        log.warning("publish: %s", result.correction_regression)
     return result
 
 
