@@ -467,7 +467,7 @@ def _register(
                     upload_key=upload.upload_key, roi_id=upload.roi_id, subject_set_id=set_row.id,
                     slice_index=upload.slice_index, frames=list(upload.frames), target_frame=upload.target_frame,
                     kind=SubjectKind.PREDICTION, model_version_id=work.version.id, prediction_batch_id=work.batch.id,
-                    local_dir=str(upload.files[0].path.parent), panoptes_metadata=upload.panoptes_metadata(),
+                    local_dir=str(upload.files[0].path.parent.resolve()), panoptes_metadata=upload.panoptes_metadata(),
                     priority=upload.priority,
                 )  # fmt: skip
                 session.add(subject)

@@ -220,7 +220,7 @@ class _Uploader:
             target_frame=upload.target_frame,
             kind=upload.kind,
             model_version_id=upload.model_version_id,
-            local_dir=str(upload.files[0].path.parent),
+            local_dir=str(upload.files[0].path.parent.resolve()),  # absolute: read later from any working directory
             panoptes_metadata=upload.panoptes_metadata(),
             priority=upload.priority,
         )

@@ -119,7 +119,7 @@ def test_upload_puts_every_subject_on_panoptes_once_and_records_it(
 def test_upload_can_hold_rois_back_and_fix_their_splits(
     configured: dict[str, int], sandbox: SandboxProcess, volume_path: Path, tmp_path: Path, db_url: str
 ) -> None:
-    out = tmp_path / "subjects"
+    out = Path("subjects")  # relative to the working directory (the test's tmp_path)
     rois = ["--roi", ROI, "--roi", "cell02:4,6,5:40,30,2"]
     assert runner.invoke(app, ["subjects", "prepare", str(volume_path), *rois, "--out", str(out)]).exit_code == 0
     upload = ["subjects", "upload", str(out)]
@@ -135,11 +135,14 @@ def test_upload_can_hold_rois_back_and_fix_their_splits(
     try:
         with Session(engine) as session:
             splits = {roi.name: roi.split for roi in session.exec(select(Roi)).all()}
-            per_roi = Counter(subject.roi_id for subject in session.exec(select(Subject)).all())
+            rows = session.exec(select(Subject)).all()
+            per_roi = Counter(subject.roi_id for subject in rows)
+            frame_dirs = {Path(subject.local_dir or "") for subject in rows}
     finally:
         engine.dispose()
     assert splits["cell01"] is DataSplit.VALIDATION and splits["cell02"] is not DataSplit.UNASSIGNED
     assert sorted(per_roi.values()) == [2, 3]
+    assert all(d.is_absolute() and d.is_dir() for d in frame_dirs)  # found again from any working directory
     refused = runner.invoke(app, [*traced[:-1], "cell01=train"])
     assert refused.exit_code == 2 and "already in the validation split" in refused.output
     unknown = runner.invoke(app, [*traced[:5], "--roi", "cell09"])
