@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from etchacell_loop.config import load_settings
+from etchacell_loop.config import TrainingSettings, load_settings
 from etchacell_loop.db.engine import make_engine
 from etchacell_loop.db.models import (
     Classification,
@@ -47,9 +47,11 @@ from etchacell_loop.db.models import (
     Subject,
     SubjectKind,
     TrainingRun,
+    TrainingTrigger,
     Workflow,
 )
 from etchacell_loop.loop.machine_marks import is_machine_mark_id
+from etchacell_loop.loop.runs import active_run, queue_training_run
 from etchacell_loop.model import registry
 from etchacell_loop.model.evaluation import evaluate_paths
 
@@ -136,6 +138,30 @@ def promote_if_stalled(engine: Engine, published: set[str]) -> str | None:
         return f"{newest.version} did not beat {current.version} on validation; promoted by hand for round 2"
 
 
+def retrain_when_corrected(engine: Engine, training: TrainingSettings) -> str | None:
+    """Once every slice the promoted version sent has been corrected and nothing newer is training,
+    queue a manual run, as an operator would: the corrections are in, the next model can learn from
+    them (the automatic trigger may fire first; then this does nothing)."""
+    with Session(engine) as session:
+        current = registry.promoted_version(session)
+        if current is None or active_run(session) is not None:
+            return None
+        newer = session.exec(select(ModelVersion).where(col(ModelVersion.id) > current.id)).first()
+        sent = session.exec(
+            select(SlicePrediction)
+            .join(PredictionBatch, col(SlicePrediction.batch_id) == col(PredictionBatch.id))
+            .where(PredictionBatch.model_version_id == current.id, col(SlicePrediction.subject_id).is_not(None))
+        ).all()
+        if newer is not None or not sent or any(p.correction_dice is None for p in sent):
+            return None
+        reason = f"the corrections of {current.version}'s predictions are in"
+        run = queue_training_run(
+            session, TrainingTrigger.MANUAL, "demo", reason, training.preset, config=training.run_config()
+        )
+        session.commit()
+        return f"run {run.id} queued by hand: {reason}"
+
+
 def published_versions(engine: Engine) -> set[str]:
     with Session(engine) as session:
         rows = session.exec(
@@ -168,7 +194,13 @@ def stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
             print(f"  {name} did not stop in time: killed")
 
 
-def watch(engine: Engine, processes: dict[str, subprocess.Popen[bytes]], deadline: float, rounds: int) -> bool:
+def watch(
+    engine: Engine,
+    processes: dict[str, subprocess.Popen[bytes]],
+    deadline: float,
+    rounds: int,
+    training: TrainingSettings,
+) -> bool:
     last = ""
     while time.monotonic() < deadline:
         for name, process in processes.items():
@@ -180,9 +212,9 @@ def watch(engine: Engine, processes: dict[str, subprocess.Popen[bytes]], deadlin
         if line != last:
             print(f"  [{time.strftime('%H:%M:%S')}] {line}", flush=True)
             last = line
-        note = promote_if_stalled(engine, published_versions(engine))
-        if note:
-            print(f"  {note}", flush=True)
+        for note in (promote_if_stalled(engine, published_versions(engine)), retrain_when_corrected(engine, training)):
+            if note:
+                print(f"  {note}", flush=True)
         if len(state.measured_versions) >= rounds:
             print(f"  {rounds} rounds done: corrections measured for {', '.join(sorted(state.measured_versions))}")
             return True
@@ -324,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     try:
-        watch(engine, processes, started + args.minutes * 60, args.rounds)
+        watch(engine, processes, started + args.minutes * 60, args.rounds, settings.training)
     finally:
         stop(processes)
     seconds = time.monotonic() - started
