@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,7 +309,7 @@ def print_corrections(session: Session, versions: list[ModelVersion]) -> None:
         subject_ids = [r.subject_id for r in rows]
         kept, marks = machine_marks_kept(session, subject_ids)
         print(
-            f"  {version.version}: {len(rows)} slices sent ({Counter(r.selection.value for r in rows)}), "
+            f"  {version.version}: {len(rows)} slices sent ({_counts(r.selection.value for r in rows)}), "
             f"{len(dice)} corrected and folded back, median Dice prediction vs corrected consensus "
             f"{_fig(statistics.median(dice) if dice else None)}; "
             f"volunteers kept {kept} of {marks} machine marks as drawn"
@@ -325,6 +326,10 @@ def machine_marks_kept(session: Session, subject_ids: list[int | None]) -> tuple
                     total += 1
                     kept += is_machine_mark_id(str(mark["markId"]))
     return kept, total
+
+
+def _counts(values: Iterable[str]) -> str:
+    return ", ".join(f"{n} {value}" for value, n in Counter(values).most_common())
 
 
 def _fig(value: Any) -> str:
