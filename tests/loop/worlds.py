@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from etchacell_loop.cli.app import app
 from etchacell_loop.db.engine import make_engine
 from etchacell_loop.sandbox.harness import SandboxProcess
+from tests.panoptes.support import sandbox_environment
 from tests.simulation.sandbox_support import project_classifications
 
 runner = CliRunner()
@@ -79,13 +80,7 @@ def make_world(name: str, sandbox: SandboxProcess, db_url: str, data_dir: Path) 
     env = {
         **LOOP_SETTINGS,
         "ETCHACELL_DATA_DIR": str(data_dir),
-        "ETCHACELL_DATABASE_URL": db_url,
-        "ETCHACELL_PANOPTES__ENDPOINT": sandbox.url,
-        "ETCHACELL_PANOPTES__CLIENT_ID": sandbox.client_id,
-        "ETCHACELL_PANOPTES__CLIENT_SECRET": sandbox.client_secret,
-        "ETCHACELL_PANOPTES__PROJECT_ID": str(project["project_id"]),
-        "ETCHACELL_PANOPTES__SEGMENTATION_WORKFLOW_ID": str(project["segmentation_workflow_id"]),
-        "ETCHACELL_PANOPTES__CORRECTION_WORKFLOW_ID": str(project["correction_workflow_id"]),
+        **sandbox_environment(sandbox, project, db_url),
     }
     world = World(name, project, db_url, env, make_engine(db_url))
     world.cli("db", "upgrade")

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,19 @@ def panoptes_settings(sandbox: SandboxProcess, secret: str | None = None) -> Pan
         client_id=sandbox.client_id,
         client_secret=SecretStr(secret if secret is not None else sandbox.client_secret),
     )
+
+
+def sandbox_environment(sandbox: SandboxProcess, project: Mapping[str, int], db_url: str) -> dict[str, str]:
+    """The ``ETCHACELL_*`` variables that point the commands at a sandbox project and a database."""
+    return {
+        "ETCHACELL_DATABASE_URL": db_url,
+        "ETCHACELL_PANOPTES__ENDPOINT": sandbox.url,
+        "ETCHACELL_PANOPTES__CLIENT_ID": sandbox.client_id,
+        "ETCHACELL_PANOPTES__CLIENT_SECRET": sandbox.client_secret,
+        "ETCHACELL_PANOPTES__PROJECT_ID": str(project["project_id"]),
+        "ETCHACELL_PANOPTES__SEGMENTATION_WORKFLOW_ID": str(project["segmentation_workflow_id"]),
+        "ETCHACELL_PANOPTES__CORRECTION_WORKFLOW_ID": str(project["correction_workflow_id"]),
+    }
 
 
 def session_factory(engine: Engine) -> Callable[[], Session]:
