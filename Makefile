@@ -13,7 +13,9 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo-data
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo clean-demo
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: install browser test lint demo clean-demo
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -24,7 +26,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The dashboard's end-to-end tests drive Debian's Chromium (no browser is downloaded). Installed here
+# when missing and this runs as root; otherwise those tests are skipped, saying why.
+browser:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the dashboard's browser tests"; \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+		|| { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+		|| echo "could not install chromium: the browser tests will be skipped"; \
+	fi
+
+test: $(STAMP) browser
 ifeq ($(POSTGRES),1)
 	ETCHACELL_TEST_POSTGRES_URL="$$(bash .ci/postgres.sh)" $(BIN)/pytest $(PYTEST_ARGS)
 else

@@ -94,6 +94,17 @@ class JobSettings(_Section):
     publish_interval_s: int = Field(default=900, ge=5)
     late_factor: float = Field(default=3.0, ge=1.0)
 
+    def intervals(self) -> dict[str, int]:
+        """Seconds between runs of each daemon job, by job name, in the order one round runs them.
+        (Here, not beside the jobs, so the dashboard can judge lateness without importing them.)"""
+        return {
+            "ingest": self.ingest_interval_s,
+            "aggregate": self.aggregate_interval_s,
+            "retire": self.retire_interval_s,
+            "train": self.train_interval_s,
+            "publish": self.publish_interval_s,
+        }
+
 
 class ConsensusSettings(_Section):
     """CRIA parameters (paper sections 2.4 and 4.8)."""
@@ -179,6 +190,7 @@ class DashboardSettings(_Section):
     operator_token: SecretStr | None = None
     operator_token_file: Path | None = None
     public_read: bool = False
+    cache_s: float = Field(default=30.0, ge=0.0)  # how long the costly whole-table figures are reused
 
     @field_validator("operator_token_file")
     @classmethod

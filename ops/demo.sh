@@ -87,6 +87,22 @@ export ETCHACELL_CORRECTION__MIN_COMPONENT_VOXELS=20 ETCHACELL_CORRECTION__KEEP_
 step "The loop at a glance (etchacell status reads the same named queries as the dashboard)"
 etchacell status
 
+step "The ops dashboard over the demo database: every page answers (the token comes from a file)"
+head -c 24 /dev/urandom | base64 > "$ETCHACELL_DATA_DIR/operator-token" && chmod 600 "$ETCHACELL_DATA_DIR/operator-token"
+DASHBOARD_PORT=${DEMO_DASHBOARD_PORT:-8089}
+ETCHACELL_DASHBOARD__OPERATOR_TOKEN_FILE="$ETCHACELL_DATA_DIR/operator-token" \
+  etchacell dashboard --port "$DASHBOARD_PORT" > "$ETCHACELL_DATA_DIR/dashboard.log" 2>&1 &
+DASHBOARD_PID=$!
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$DASHBOARD_PORT/login" && break; sleep 0.2; done
+for page in / /subject-sets /consensus /models /events; do
+  curl -s -o /dev/null -w "  %{http_code}  %{time_total} s  $page\n" \
+    -H "Authorization: Bearer $(cat "$ETCHACELL_DATA_DIR/operator-token")" "http://127.0.0.1:$DASHBOARD_PORT$page"
+done
+kill "$DASHBOARD_PID" 2>/dev/null || true
+wait "$DASHBOARD_PID" 2>/dev/null || true
+printf 'Open it yourself: ETCHACELL_DATA_DIR=%s ETCHACELL_DASHBOARD__OPERATOR_TOKEN_FILE=%s/operator-token %s/etchacell dashboard\n' \
+  "$ETCHACELL_DATA_DIR" "$ETCHACELL_DATA_DIR" "$BIN"
+
 ELAPSED=$(( $(date +%s) - STARTED ))
 printf '\nmake demo took %d min %d s.\n' $(( ELAPSED / 60 )) $(( ELAPSED % 60 ))
 printf '\nDemo data lives in %s: the database stays for `etchacell query` (remove it with `make clean-demo`).\n' "$ETCHACELL_DATA_DIR"

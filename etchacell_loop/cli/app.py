@@ -12,6 +12,7 @@ from etchacell_loop.cli import (
     aggregate_cmd,
     config_cmd,
     daemon_cmd,
+    dashboard_cmd,
     db_cmd,
     model_cmd,
     panoptes_cmd,
@@ -47,6 +48,7 @@ app.command("evaluate")(predict_cmd.evaluate)
 app.command("tick")(daemon_cmd.tick_command)
 app.command("daemon")(daemon_cmd.daemon_command)
 app.command("status")(daemon_cmd.status_command)
+app.command("dashboard")(dashboard_cmd.dashboard)
 
 
 def _version(value: bool) -> None:

@@ -271,6 +271,9 @@ class Classification(SQLModel, table=True):
         sa.Index("ix_classification_subject_panoptes", "subject_id", "panoptes_id"),
         sa.Index("ix_classification_workflow_created", "workflow_id", "created_at"),
         sa.Index("ix_classification_workflow_panoptes", "workflow_id", "panoptes_id"),
+        # covering indexes of the dashboard's per-day and per-volunteer figures (no table lookups)
+        sa.Index("ix_classification_created_volunteer", "created_at", "workflow_id", "volunteer_key", "user_id"),
+        sa.Index("ix_classification_volunteer_created", "volunteer_key", "created_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -282,8 +285,8 @@ class Classification(SQLModel, table=True):
     user_id: int | None = _bigint(default=None)
     user_name: str | None = Field(default=None, max_length=255)  # volunteer-chosen: escape on display
     anonymous_token: str | None = Field(default=None, max_length=64)
-    volunteer_key: str = Field(max_length=80, index=True)  # "user:<id>" or "anon:<token>"
-    created_at: datetime = _when(index=True)
+    volunteer_key: str = Field(max_length=80)  # "user:<id>" or "anon:<token>"
+    created_at: datetime = _when()
     source: ClassificationSource = _enum(ClassificationSource)
     raw_annotations: str = _text()
     raw_metadata: str | None = _text(default=None)
@@ -352,11 +355,15 @@ class VolunteerAgreement(SQLModel, table=True):
     """One volunteer's agreement with one consensus, in long form for portable SQL."""
 
     __tablename__ = "volunteer_agreement"
+    # covering: a volunteer's agreements in one index range (reliability pooled over slices)
+    __table_args__ = (
+        sa.Index("ix_volunteer_agreement_volunteer_result", "volunteer_key", "consensus_result_id", "dice"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     consensus_result_id: int = Field(foreign_key="consensus_result.id", index=True, ondelete="CASCADE")
     classification_id: int | None = Field(default=None, foreign_key="classification.id")
-    volunteer_key: str = Field(max_length=80, index=True)
+    volunteer_key: str = Field(max_length=80)
     dice: float
 
 

@@ -47,18 +47,21 @@ class Job:
 
     name: str
     function: JobFunction
-    interval_s: Callable[[JobSettings], int]
     needs_panoptes: bool
+
+    def interval_s(self, settings: JobSettings) -> int:
+        """Seconds between the daemon's runs of this job."""
+        return settings.intervals()[self.name]
 
 
 JOBS: Mapping[str, Job] = {
     job.name: job
     for job in (
-        Job("ingest", run_ingest, lambda s: s.ingest_interval_s, needs_panoptes=True),
-        Job("aggregate", run_aggregate, lambda s: s.aggregate_interval_s, needs_panoptes=False),
-        Job("retire", run_retire, lambda s: s.retire_interval_s, needs_panoptes=True),
-        Job("train", run_train_trigger, lambda s: s.train_interval_s, needs_panoptes=False),
-        Job("publish", run_publish, lambda s: s.publish_interval_s, needs_panoptes=True),
+        Job("ingest", run_ingest, needs_panoptes=True),
+        Job("aggregate", run_aggregate, needs_panoptes=False),
+        Job("retire", run_retire, needs_panoptes=True),
+        Job("train", run_train_trigger, needs_panoptes=False),
+        Job("publish", run_publish, needs_panoptes=True),
     )
 }
 """In the order one round of the loop runs them."""

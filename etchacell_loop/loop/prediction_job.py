@@ -44,7 +44,7 @@ from etchacell_loop.loop.batches import CHUNK_PARAM, tap_params
 from etchacell_loop.model.predict import DEFAULT_CHUNK_ZYX, predict_volume
 from etchacell_loop.model.presets import ModelPreset
 from etchacell_loop.model.tap import PredictFn, Shape3
-from etchacell_loop.model.training_set import resolve_uri
+from etchacell_loop.stored_files import resolve_uri
 
 if TYPE_CHECKING:
     from etchacell_loop.loop.worker import Heartbeat

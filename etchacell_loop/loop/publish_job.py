@@ -75,11 +75,11 @@ from etchacell_loop.loop.correction_subjects import (
 from etchacell_loop.loop.machine_marks import envelope_marks
 from etchacell_loop.loop.prediction_job import PredictionReadError, predicted_area, read_geometry
 from etchacell_loop.model.registry import promoted_version
-from etchacell_loop.model.training_set import resolve_uri
 from etchacell_loop.panoptes.caesar import connect_caesar
 from etchacell_loop.panoptes.errors import PanoptesAuthError, PanoptesError, PanoptesUnavailable
 from etchacell_loop.panoptes.gateway import PanoptesGateway
 from etchacell_loop.panoptes.upload import SubjectUpload, upload_subjects
+from etchacell_loop.stored_files import resolve_uri
 
 log = logging.getLogger(__name__)
 

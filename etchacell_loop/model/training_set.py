@@ -38,6 +38,7 @@ from etchacell_loop.db.models import (
 )
 from etchacell_loop.imaging.volume import RoiBox
 from etchacell_loop.model.data import LabelledSlice
+from etchacell_loop.stored_files import resolve_uri
 from etchacell_loop.subject_metadata import CROP_XYWH_KEY, SCALING_KEY
 
 KIND_PREFERENCE = {ConsensusKind.CORRECTED: 0, ConsensusKind.VOLUNTEER: 1}
@@ -172,12 +173,6 @@ def file_digest(path: Path) -> str:
     """sha256 of a file's bytes."""
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def resolve_uri(uri: str, data_dir: Path) -> Path:
-    """A stored file URI as a path: ``file://`` stripped; relative paths are under the data directory."""
-    path = Path(uri.removeprefix("file://"))
-    return path if path.is_absolute() else data_dir / path
 
 
 def parse_crop(text: str) -> CropXYWH:

@@ -5,6 +5,7 @@
 -- param: kind text : only this kind of event (empty: all)
 -- param: since timestamp = -7d : only events at or after this time
 -- param: top integer = 200 : at most this many events
+-- param: skip integer = 0 : skip this many newest first (for paging)
 SELECT
     e.id AS id,
     e.created_at AS created_at,
@@ -21,4 +22,4 @@ WHERE e.created_at >= :since
   AND (CAST(:level AS TEXT) IS NULL OR e.level = :level)
   AND (CAST(:kind AS TEXT) IS NULL OR e.kind = :kind)
 ORDER BY e.created_at DESC, e.id DESC
-LIMIT :top
+LIMIT :top OFFSET :skip

@@ -3,6 +3,7 @@
 -- description: queued, started, last heard from and finished, the error if any, and the model
 -- description: version they produced.
 -- param: status text : only runs in this status: queued, running, succeeded, failed, cancelled (empty: all)
+-- param: top integer = 100 : at most this many runs
 SELECT
     tr.id AS id,
     tr.status AS status,
@@ -28,3 +29,4 @@ LEFT JOIN (
 ) AS mv ON mv.training_run_id = tr.id
 WHERE CAST(:status AS TEXT) IS NULL OR tr.status = :status
 ORDER BY tr.queued_at DESC, tr.id DESC
+LIMIT :top

@@ -31,7 +31,6 @@ from etchacell_loop.db.models import (
     WorkflowRole,
 )
 from etchacell_loop.loop.consensus_job import AggregateJobResult, run_aggregate, slice_updates
-from etchacell_loop.model.training_set import resolve_uri
 from etchacell_loop.simulation.crowd import Behaviour, SimStroke, make_volunteer, trace
 from etchacell_loop.simulation.export import (
     ClassificationPlan,
@@ -43,6 +42,7 @@ from etchacell_loop.simulation.export import (
     record_stroke,
 )
 from etchacell_loop.simulation.shapes import SliceTruth
+from etchacell_loop.stored_files import resolve_uri
 from etchacell_loop.subject_metadata import SCALING_KEY, XY_RESOLUTION_KEY, layout_metadata
 from tests.factories import add_project, add_roi, add_workflow, row_id
 from tests.panoptes.support import session_factory

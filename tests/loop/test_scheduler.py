@@ -55,12 +55,10 @@ def runs(engine: Engine) -> list[JobRun]:
 
 def test_a_job_that_fails_is_recorded_with_its_traceback_and_an_event(migrated_engine: Engine, tmp_path: Path) -> None:
     factory = session_factory(migrated_engine)
-    failing = Job("explode", _explode, lambda s: 60, needs_panoptes=False)
+    failing = Job("explode", _explode, needs_panoptes=False)
     outcome = run_recorded(failing, factory, None, settings_for(tmp_path), "host-a")
     assert not outcome.ok and outcome.error == "RuntimeError: the disk is full"
-    fine = run_recorded(
-        Job("count", _count, lambda s: 60, needs_panoptes=False), factory, None, settings_for(tmp_path), "h"
-    )
+    fine = run_recorded(Job("count", _count, needs_panoptes=False), factory, None, settings_for(tmp_path), "h")
     assert fine.ok and fine.result["slices"] == 3
     failed, done = runs(migrated_engine)
     assert (failed.job, failed.status, failed.host) == ("explode", JobStatus.FAILED, "host-a")
