@@ -3,12 +3,21 @@
 Synthetic subjects (slices of synthetic nuclei, caps with islands included) are classified one
 volunteer at a time by a crowd of every kind (careful, sloppy, partial, offset, nucleolus, false
 positive, graffiti, empty, wrong frame, and prolific volunteers repeating one error). After each
-classification the slice's consensus and its stability are computed exactly as the daemon does
-(``cria.consensus``); each stopping rule then says when it would have retired the subject. Reported:
-classifications per retired subject, and the consensus quality (Dice with the truth) at retirement
-against the consensus of all 30.
+classification the slice's consensus is computed exactly as the daemon does (``cria.consensus``).
+
+The retire job does not look after every classification: it checks once per run, so several
+classifications can arrive between two checks. ``--check-every N`` sets that cadence: checks fall
+every N classifications, from a random phase per subject (the daemon's runs are not aligned with a
+subject's arrivals). At each check the stopping rule gets what the job measures: the subject's
+classifications, the consensus's own leave-latest-out stability, the Dice with the consensus of the
+previous check and the classifications since then. A subject no rule retired by its last check is
+counted at the limit. Reported per cadence: classifications per retired subject, and the consensus
+quality (Dice with the truth) at retirement against the consensus of all 30. Two variants of the
+default rule are listed for comparison: the consensus's own stability alone (the rule before checks
+were compared) and the Dice between checks alone.
 
     .venv/bin/python bench/bench_retirement.py [--subjects 120] [--method cria] [--seed 7]
+        [--check-every 1 3 5]
 """
 
 from __future__ import annotations
@@ -38,10 +47,13 @@ LIMIT = 30
 
 @dataclass(frozen=True)
 class SubjectRun:
-    """One subject classified 30 times: stability and Dice with the truth after each classification."""
+    """One subject classified 30 times. After each classification k (index k - 1): the consensus's
+    own stability and its Dice with the truth; ``between[i][j]``: Dice of the consensus after i + 1
+    and after j + 1 classifications (what a check compares with the previous one)."""
 
-    updates: tuple[Update, ...]
+    stability: tuple[float | None, ...]
     dice_with_truth: tuple[float, ...]
+    between: tuple[tuple[float, ...], ...]
 
 
 def simulate_subject(seed: int, volunteers: Sequence[Volunteer], method: str) -> SubjectRun:
@@ -55,8 +67,9 @@ def simulate_subject(seed: int, volunteers: Sequence[Volunteer], method: str) ->
     params = CriaParams(method=method, pixel_size_nm=20.0)
     drawings: list[Drawing] = []
     ballots: list[Ballot] = []
-    updates: list[Update] = []
+    stability: list[float | None] = []
     scores: list[float] = []
+    areas: list[Mask] = []
     for count, volunteer in enumerate(volunteers, start=1):
         strokes = [s for s in trace(volunteer, frames, 2, rng) if s.frame == 2]  # other frames: other slices
         if strokes:
@@ -64,18 +77,65 @@ def simulate_subject(seed: int, volunteers: Sequence[Volunteer], method: str) ->
             drawings.append(Drawing(volunteer.key, count, points))
             ballots.append(Ballot(fill_patch(join_greedy(list(points)), SHAPE)))
         consensus = consensus_of_ballots(drawings, ballots, count, SHAPE, params)
-        stability = consensus.stability if drawings else 1.0  # nobody drew yet: empty and steady
-        updates.append(Update(count, stability))
+        stability.append(consensus.stability)  # None while fewer than two drew, as the job stores it
         scores.append(dice(consensus.area, truth))
-    return SubjectRun(tuple(updates), tuple(scores))
+        areas.append(consensus.area)
+    return SubjectRun(tuple(stability), tuple(scores), dice_between(areas))
+
+
+def dice_between(areas: Sequence[Mask]) -> tuple[tuple[float, ...], ...]:
+    """Dice of every pair of consensus areas, over the box that holds them all (the rest is empty)."""
+    union = np.logical_or.reduce(list(areas))
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    if not rows.size:
+        return tuple(tuple(1.0 for _ in areas) for _ in areas)
+    crops = [a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] for a in areas]
+    return tuple(tuple(dice(a, b) for b in crops) for a in crops)
+
+
+def check_counts(every: int, phase: int, limit: int = LIMIT) -> list[int]:
+    """The classification counts at which the retire job checks: every ``every`` from ``phase``."""
+    return list(range(phase, limit + 1, every))
+
+
+def check_updates(run: SubjectRun, counts: Sequence[int]) -> list[Update]:
+    """What the retire job hands the rule at each check: the subject's classifications, the
+    consensus's own stability, the Dice with the previous check's consensus and the classifications
+    since then."""
+    updates: list[Update] = []
+    previous: int | None = None
+    for count in counts:
+        between = run.between[previous - 1][count - 1] if previous is not None else None
+        updates.append(Update(count, run.stability[count - 1], between, count - (previous or 0)))
+        previous = count
+    return updates
+
+
+class LeaveLatestOutOnly(StableConsensus):
+    """For comparison, the rule before checks were compared: a check agrees when the consensus's
+    own stability (Dice with itself without the latest drawing) reaches the threshold."""
+
+    name = "leave-latest-out only"
+
+    def agrees(self, update: Update) -> bool:
+        return update.stability is not None and update.stability >= self.stability_dice
+
+
+class ChecksOnly(StableConsensus):
+    """For comparison, the Dice between checks without the consensus's own stability as a veto."""
+
+    name = "between checks only"
+
+    def agrees(self, update: Update) -> bool:
+        return update.check_dice is not None and update.check_dice >= self.stability_dice
 
 
 def retire_at(rule: StoppingRule, updates: Sequence[Update]) -> int:
-    """The classification count at which ``rule`` retires the subject (at most the limit)."""
+    """The classification count at which ``rule`` retires the subject (the limit when it never does)."""
     for k in range(1, len(updates) + 1):
         if rule.decide(updates[:k]).retire:
-            return k
-    return len(updates)
+            return updates[k - 1].classifications
+    return LIMIT
 
 
 def _run(args: tuple[int, tuple[Volunteer, ...], str]) -> SubjectRun:
@@ -88,6 +148,9 @@ def main() -> None:
     parser.add_argument("--method", default="cria")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--check-every", type=int, nargs="+", default=[1, 3, 5], help="classifications between two checks"
+    )
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -108,27 +171,31 @@ def main() -> None:
     at_limit = statistics.median(run.dice_with_truth[-1] for run in runs)
     print(f"{args.subjects} subjects x {LIMIT} classifications, method {args.method}, {elapsed:.0f} s")
     print("crowd: " + ", ".join(f"{b} {share:.0%}" for b, share in shares.items()))
-    print(f"consensus of all {LIMIT}: median Dice with truth {at_limit:.4f}\n")
-    print(f"{'rule':<58} {'mean n':>7} {'max n':>6} {'median Dice':>12} {'loss':>8} {'p10 Dice':>9}")
+    print(f"consensus of all {LIMIT}: median Dice with truth {at_limit:.4f}")
     rules: list[StoppingRule] = [FixedCount(LIMIT), FixedCount(12)]
     for minimum, threshold, checks in itertools.product((5, 6, 8), (0.95, 0.97, 0.98), (2, 3)):
         rules.append(StableConsensus(minimum, LIMIT, threshold, checks))
-    for rule in rules:
-        counts = [retire_at(rule, run.updates) for run in runs]
-        scores = [run.dice_with_truth[k - 1] for run, k in zip(runs, counts, strict=True)]
-        median = statistics.median(scores)
-        p10 = float(np.percentile(scores, 10))
-        print(
-            f"{_describe(rule):<58} {statistics.mean(counts):>7.2f} {max(counts):>6} {median:>12.4f}"
-            f" {at_limit - median:>8.4f} {p10:>9.4f}"
-        )
+    rules += [LeaveLatestOutOnly(8, LIMIT, 0.95, 2), ChecksOnly(8, LIMIT, 0.95, 2)]  # the defaults, compared
+    phases = np.random.default_rng(args.seed + 1)
+    for every in args.check_every:
+        counts = [check_counts(every, int(phases.integers(1, every + 1))) for _ in runs]
+        print(f"\nchecks every {every} classification(s)")
+        print(f"{'rule':<58} {'mean n':>7} {'max n':>6} {'median Dice':>12} {'loss':>8} {'p10 Dice':>9}")
+        for rule in rules:
+            retired = [retire_at(rule, check_updates(run, c)) for run, c in zip(runs, counts, strict=True)]
+            scores = [run.dice_with_truth[k - 1] for run, k in zip(runs, retired, strict=True)]
+            median = statistics.median(scores)
+            p10 = float(np.percentile(scores, 10))
+            print(
+                f"{_describe(rule):<58} {statistics.mean(retired):>7.2f} {max(retired):>6} {median:>12.4f}"
+                f" {at_limit - median:>8.4f} {p10:>9.4f}"
+            )
 
 
 def _describe(rule: StoppingRule) -> str:
     if isinstance(rule, StableConsensus):
         return (
-            f"stable-consensus min {rule.min_classifications}, Dice >= {rule.stability_dice},"
-            f" {rule.stable_checks} in a row"
+            f"{rule.name} min {rule.min_classifications}, Dice >= {rule.stability_dice}, {rule.stable_checks} in a row"
         )
     if isinstance(rule, FixedCount):
         return f"fixed-count {rule.count}"

@@ -120,7 +120,12 @@ class ConsensusSettings(_Section):
 
 
 class RetirementSettings(_Section):
-    """When a subject's consensus counts as settled, instead of a fixed 30 classifications."""
+    """When a subject's consensus counts as settled, instead of a fixed 30 classifications.
+
+    The bounds count the subject's own classifications (of that subject, in its own workflow, as
+    Panoptes counts toward its retirement limit); ``stability_dice`` and ``stable_checks`` are what
+    ``retirement.StableConsensus`` asks of successive checks of the subject.
+    """
 
     policy: Literal["stable-consensus", "fixed-count"] = "stable-consensus"
     min_classifications: int = Field(default=8, ge=1)
@@ -159,7 +164,7 @@ class CorrectionSettings(_Section):
     monitoring_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
     tap_rule: Literal["all", "majority", "any"] = "all"
     min_component_voxels: int | None = Field(default=None, ge=0)  # None: the paper's 10,000 model voxels
-    keep_largest: bool = False  # keep only each ROI's largest envelope component
+    keep_largest: bool = True  # keep only each ROI's largest envelope component: its nucleus (paper section 4.12)
 
 
 class ImagingSettings(_Section):

@@ -38,12 +38,10 @@ from etchacell_loop.db.models import (
     Classification,
     ConsensusKind,
     ConsensusResult,
-    DataSplit,
     ModelMetric,
     ModelVersion,
     PredictionBatch,
     RetirementState,
-    Roi,
     SlicePrediction,
     Subject,
     SubjectKind,
@@ -54,7 +52,6 @@ from etchacell_loop.db.models import (
 from etchacell_loop.loop.machine_marks import is_machine_mark_id
 from etchacell_loop.loop.runs import active_run, queue_training_run
 from etchacell_loop.model import registry
-from etchacell_loop.model.evaluation import evaluate_paths
 
 POLL_S = 5.0
 FIXED_RETIREMENT = 30  # the paper's classifications per subject
@@ -140,7 +137,8 @@ def promote_if_stalled(engine: Engine, published: set[str]) -> str | None:
 
 
 def retrain_when_corrected(engine: Engine, training: TrainingSettings) -> str | None:
-    """Once every slice the promoted version sent has been corrected and nothing newer is training,
+    """Once every slice the promoted version sent has been corrected and its correction subject
+    decided for retirement (training takes settled consensus only), and nothing newer is training,
     queue a manual run, as an operator would: the corrections are in, the next model can learn from
     them (the automatic trigger may fire first; then this does nothing)."""
     with Session(engine) as session:
@@ -154,6 +152,9 @@ def retrain_when_corrected(engine: Engine, training: TrainingSettings) -> str | 
             .where(PredictionBatch.model_version_id == current.id, col(SlicePrediction.subject_id).is_not(None))
         ).all()
         if newer is not None or not sent or any(p.correction_dice is None for p in sent):
+            return None
+        subjects = session.exec(select(Subject).where(col(Subject.id).in_([p.subject_id for p in sent]))).all()
+        if any(subject.retirement_state is RetirementState.ACTIVE for subject in subjects):
             return None
         reason = f"the corrections of {current.version}'s predictions are in"
         run = queue_training_run(
@@ -227,12 +228,11 @@ def watch(
 # --- the report -----------------------------------------------------------------------------------------
 
 
-def report(engine: Engine, volume: Path, data_dir: Path, binary: Path, seconds: float) -> None:
+def report(engine: Engine, seconds: float) -> None:
     with Session(engine) as session:
         print_crowd(session)
-        test_roi = session.exec(select(Roi).where(Roi.split == DataSplit.TEST)).first()
         versions = list(session.exec(select(ModelVersion).order_by(col(ModelVersion.id))).all())
-        print_models(session, versions, test_roi, volume, data_dir, binary)
+        print_models(session, versions)
         print_corrections(session, versions)
     print(f"\nloop wall time: {seconds / 60:.1f} min")
 
@@ -256,42 +256,37 @@ def print_crowd(session: Session) -> None:
         )
 
 
-def print_models(
-    session: Session, versions: list[ModelVersion], test_roi: Roi | None, volume: Path, data_dir: Path, binary: Path
-) -> None:
-    print("\nmodel versions (validation against consensus; test ROI against the ground truth)")
+def print_models(session: Session, versions: list[ModelVersion]) -> None:
+    print(
+        "\nmodel versions (whole ROIs predicted as deployed, Table 1 at the source resolution; "
+        "validation against consensus, test against consensus and ground truth)"
+    )
     kinds = dict(session.exec(select(ConsensusResult.id, ConsensusResult.kind)).all())
     for version in versions:
         ids = [i for split in version.training_data.get("consensus_ids", {}).values() for i in split]
         corrected = sum(1 for i in ids if kinds.get(i) is ConsensusKind.CORRECTED)
         metrics = {
-            (m.reference.value, m.name): m.value
+            (m.split.value, m.reference.value, m.name): m.value
             for m in session.exec(select(ModelMetric).where(ModelMetric.model_version_id == version.id)).all()
-            if m.split is DataSplit.VALIDATION
         }
-        truth = truth_figures(version.version, test_roi, volume, data_dir, binary)
         print(
             f"  {version.version}{' (promoted)' if version.promoted else ''}: trained on {len(ids)} consensus slices "
-            f"({corrected} corrected by volunteers); validation F {_fig(metrics.get(('consensus', 'f_measure')))}, "
-            f"AHD {_fig(metrics.get(('consensus', 'ahd_px')))} px; {truth}"
+            f"({corrected} corrected by volunteers)\n"
+            f"    validation vs consensus: {_table1(metrics, 'validation', 'consensus')}\n"
+            f"    test vs consensus:       {_table1(metrics, 'test', 'consensus')}\n"
+            f"    test vs truth:           {_table1(metrics, 'test', 'truth')}; "
+            f"the consensus itself: F {_fig(metrics.get(('test', 'truth', 'consensus_f_measure')))}"
         )
 
 
-def truth_figures(version: str, roi: Roi | None, volume: Path, data_dir: Path, binary: Path) -> str:
-    if roi is None:
-        return "no test ROI"
-    out = data_dir / "demo-eval" / f"{version}-{roi.name}.zarr"
-    command = [
-        str(binary), "predict", str(volume), "--model", version, "--roi", roi.name, "--out", str(out),
-        "--overwrite", "--keep-largest", "--min-component-voxels", "50",
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        return f"test ROI {roi.name}: prediction failed ({done.stderr.strip().splitlines()[-1:]})"
-    row = evaluate_paths(out, volume).as_dict()
+def _table1(metrics: dict[tuple[str, str, str], float], split: str, reference: str) -> str:
+    def get(name: str) -> float | None:
+        return metrics.get((split, reference, name))
+
     return (
-        f"test ROI {roi.name} vs truth: F {_fig(row.get('f_measure'))}, AHD {_fig(row.get('ahd_px'))} px, "
-        f"area F {_fig(row.get('area_f_measure'))}"
+        f"F {_fig(get('f_measure'))} (recall {_fig(get('recall'))}, precision {_fig(get('precision'))}), "
+        f"AHD {_fig(get('ahd_px'))} px = {_fig(get('ahd_nm'))} nm, area F {_fig(get('area_f_measure'))}; "
+        f"on the model grid F {_fig(get('grid_f_measure'))}"
     )
 
 
@@ -365,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(processes)
     seconds = time.monotonic() - started
-    report(engine, args.volume, settings.data_dir, binary, seconds)
+    report(engine, seconds)
     engine.dispose()
     return 0
 

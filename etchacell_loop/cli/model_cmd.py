@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from etchacell_loop.cli.context import CommandError, console, operator_errors, state
 from etchacell_loop.db import migrate
 from etchacell_loop.db.engine import session_scope
-from etchacell_loop.db.models import ModelVersion, TrainingTrigger
+from etchacell_loop.db.models import DataSplit, ModelVersion, TrainingTrigger
 from etchacell_loop.loop.runs import RunAlreadyActive, current_user, queue_training_run
 from etchacell_loop.model import registry
 from etchacell_loop.model.presets import PresetError, get_preset
@@ -64,7 +64,7 @@ def list_models(ctx: typer.Context) -> None:
     if not versions:
         console.print("no model versions yet: `etchacell retrain` queues a training run")
         return
-    table = Table("version", "preset", "F (val)", "AHD nm (val)", "promoted", "parent", "created")
+    table = Table("version", "preset", "F (val)", "AHD nm (val)", "F (test)", "promoted", "parent", "created")
     for version in versions:
         table.add_row(*_row(version))
     console.print(table)
@@ -115,12 +115,14 @@ def rollback(
 
 def _row(version: ModelVersion) -> list[str]:
     f_measure, ahd_nm = registry.validation_figures(version)
+    test_f, _ = registry.split_figures(version, DataSplit.TEST)
     parent = version.training_data.get("parent") or {}
     return [
         version.version,
         version.preset,
         "—" if f_measure is None else f"{f_measure:.3f}",
         "—" if ahd_nm is None else f"{ahd_nm:.1f}",
+        "—" if test_f is None else f"{test_f:.3f}",
         "yes" if version.promoted else "",
         str(parent.get("version", "—")) if isinstance(parent, dict) else "—",
         f"{version.created_at:%Y-%m-%d %H:%M}",

@@ -12,7 +12,7 @@ import typer
 from etchacell_loop.cli.context import CommandError, PhaseBars, console, operator_errors, state
 from etchacell_loop.db.engine import session_scope
 from etchacell_loop.imaging.volume import RoiBox, VolumeError, open_volume
-from etchacell_loop.model.evaluation import DEFAULT_ENVELOPE_WIDTH_NM, DEFAULT_LABEL, EvaluationError, evaluate_paths
+from etchacell_loop.model.evaluation import DEFAULT_LABEL, EvaluationError, evaluate_paths
 from etchacell_loop.model.metrics import render_table1
 from etchacell_loop.model.predict import DEFAULT_CHUNK_ZYX, PredictError, VolumePrediction, predict_volume
 from etchacell_loop.model.tap import DEFAULT_MIN_COMPONENT_VOXELS, TAP_RULES, TRI_AXES, TapError, TapParams, TapRule
@@ -37,9 +37,16 @@ def predict(
     min_component_voxels: Annotated[
         int, typer.Option(help="remove envelope pieces smaller than this (model voxels)")
     ] = DEFAULT_MIN_COMPONENT_VOXELS,
-    keep_largest: Annotated[bool, typer.Option(help="keep only the largest piece (one ROI's nucleus)")] = False,
+    keep_largest: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-largest/--no-keep-largest",
+            help="keep only the largest piece, the ROI's nucleus",
+            show_default="on with --roi, off for the whole volume",
+        ),
+    ] = None,
     voxel_size_nm: Annotated[
-        str | None, typer.Option(help="source voxel size Z,Y,X in nm [default: from the file]")
+        str | None, typer.Option(help="source voxel size Z,Y,X in nm", show_default="from the file")
     ] = None,
     chunk: Annotated[str, typer.Option(help="chunk of model voxels Z,Y,X predicted at a time")] = ",".join(
         map(str, DEFAULT_CHUNK_ZYX)
@@ -68,7 +75,7 @@ def predict(
                 axes=TRI_AXES if tap else (0,),
                 rule=_rule(rule),
                 min_component_voxels=min_component_voxels,
-                keep_largest=keep_largest,
+                keep_largest=largest_only(keep_largest, box),
             )
             with PhaseBars(PHASES, "{task.completed}/{task.total} chunks", width=28) as bars:
                 report = predict_volume(
@@ -86,32 +93,50 @@ def evaluate(
     gt: Annotated[Path, typer.Argument(help="reference envelope, e.g. a synthetic volume (its labels/envelope)")],
     label: Annotated[str, typer.Option(help="label image to compare, when a volume has it")] = DEFAULT_LABEL,
     pixel_size_nm: Annotated[
-        float | None, typer.Option(help="in-plane pixel size of the compared grid [default: the prediction's]")
+        float | None,
+        typer.Option(
+            help="pixel size of the prediction's grid, when its file does not say", show_default="from the file"
+        ),
     ] = None,
-    envelope_width_nm: Annotated[
-        float, typer.Option(help="band width when the reference is redrawn on the prediction's grid")
-    ] = DEFAULT_ENVELOPE_WIDTH_NM,
-    central_slice: Annotated[int | None, typer.Option(help="slice for the area F-measure [default: central]")] = None,
-    name: Annotated[str | None, typer.Option(help="row name [default: the prediction's file name]")] = None,
+    central_slice: Annotated[
+        int | None, typer.Option(help="plane of the prediction for the area F-measure", show_default="the central one")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="row name", show_default="the prediction's file name")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
 ) -> None:
-    """The paper's Table 1 figures: envelope F-measure, recall, precision, AHD, area F-measure."""
+    """The paper's Table 1 figures: envelope F-measure, recall, precision, AHD, area F-measure.
+
+    A prediction made by etchacell predict, against a reference on the source grid, is scored at the
+    source resolution, as the paper's Table 1 (the prediction scaled back up), and on its own grid."""
     if pixel_size_nm is not None and not pixel_size_nm > 0:
         raise CommandError(f"--pixel-size-nm must be positive, not {pixel_size_nm}")
-    if not envelope_width_nm > 0:
-        raise CommandError(f"--envelope-width-nm must be positive, not {envelope_width_nm}")
     try:
-        row = evaluate_paths(
-            pred, gt, label=label, pixel_size_nm=pixel_size_nm, envelope_width_nm=envelope_width_nm,
-            central_slice=central_slice,
-        )  # fmt: skip
+        evaluation = evaluate_paths(pred, gt, label=label, pixel_size_nm=pixel_size_nm, central_slice=central_slice)
     except (EvaluationError, VolumeError) as exc:
         raise CommandError(str(exc)) from None
     row_name = name or pred.name
     if as_json:
-        console.print_json(json.dumps({"name": row_name, **row.as_dict()}))
-    else:
-        console.print(render_table1({row_name: row}), highlight=False, soft_wrap=True)
+        figures: dict[str, Any] = {"name": row_name, **evaluation.primary.as_dict()}
+        figures["resolution"] = "source" if evaluation.source is not None else "as given"
+        if evaluation.source is not None:
+            figures["model_grid"] = evaluation.model_grid.as_dict()
+        console.print_json(json.dumps(figures))
+        return
+    rows = {row_name: evaluation.model_grid}
+    if evaluation.source is not None:
+        grid_nm = evaluation.model_grid.pixel_size_nm
+        rows = {
+            f"{row_name} (source, {evaluation.source.pixel_size_nm:g} nm)": evaluation.source,
+            f"{row_name} (model grid, {grid_nm:g} nm; secondary)": evaluation.model_grid,
+        }
+    console.print(render_table1(rows), highlight=False, soft_wrap=True)
+
+
+def largest_only(keep_largest: bool | None, roi: RoiBox | None) -> bool:
+    """``--keep-largest`` as given, else on for an ROI (the paper isolates each ROI's nucleus as its
+    largest envelope component, section 4.12) and off for a whole volume, where every nucleus is
+    wanted."""
+    return roi is not None if keep_largest is None else keep_largest
 
 
 def _resolve_model(ctx: typer.Context, model: str) -> tuple[Path, dict[str, Any]]:

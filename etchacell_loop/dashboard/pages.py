@@ -327,11 +327,12 @@ def models(book: QueryBook) -> Models:
         chart=charts.grouped_bars(
             [str(v["version"]).split("-")[0] for v in oldest_first],
             {
-                "F vs consensus": [v["f_measure_consensus"] for v in oldest_first],
-                "F vs truth": [v["f_measure_truth"] for v in oldest_first],
+                "validation F": [v["validation_f_measure"] for v in oldest_first],
+                "test F vs consensus": [v["f_measure_consensus"] for v in oldest_first],
+                "test F vs truth": [v["f_measure_truth"] for v in oldest_first],
                 "correction Dice": [v["mean_correction_dice"] for v in oldest_first],
             },
-            label="Test figures and correction Dice per model version",
+            label="Table 1 F-measures and correction Dice per model version",
             top=1.0,
         ),
         active_run=next((r for r in runs if r["status"] in {s.value for s in ACTIVE_STATUSES}), None),

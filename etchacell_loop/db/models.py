@@ -345,7 +345,7 @@ class ConsensusResult(SQLModel, table=True):
     band_uri: str | None = _text(default=None)
     confidence_uri: str | None = _text(default=None)
     area_px: int = 0
-    stability: float | None = None  # Dice with the previous consensus of this slice
+    stability: float | None = None  # leave-latest-out: Dice with this consensus without its newest drawing
     agreement: dict[str, float] = _json(default_factory=dict)  # volunteer_key -> Dice with consensus
     is_current: bool = True
     created_at: datetime = _created()
@@ -379,8 +379,8 @@ class RetirementDecision(SQLModel, table=True):
     policy: str = Field(max_length=32)
     outcome: DecisionOutcome = _enum(DecisionOutcome)
     panoptes_reason: str | None = Field(default=None, max_length=32)
-    n_classifications: int
-    stability: float | None = None
+    n_classifications: int  # the subject's own classifications, as Panoptes counts toward its limit
+    stability: float | None = None  # Dice with the consensus the subject's previous decision judged
     details: dict[str, Any] = _json(default_factory=dict)
     sync_state: SyncState = _enum(SyncState, default=SyncState.PENDING)
     sent_at: datetime | None = _when(default=None)

@@ -17,8 +17,8 @@ newest classification per subject, current consensus), never a query per subject
 
 When newer classifications only came from neighbouring subjects and drew nothing on the slice, its
 inputs (how many classifications showed it, which drawings) are those of its current consensus:
-that row stands and only records the newest classification it has accounted for, so the slice's
-history (what retirement reads) gets a new entry only when its consensus could have changed.
+that row stands and only records the newest classification it has accounted for, so the slice gets
+a new row (one more check for the retire job) only when its consensus could have changed.
 
 Crash safety: each slice is one transaction (old current row demoted, new row, agreements, parse
 status of its subjects' classifications, event). The images are written first, under names made
@@ -224,7 +224,8 @@ def newest_by_slice(subjects: Iterable[SubjectRef], newest: Mapping[int, int]) -
 
 def slice_updates(session: Session, subject_id: int) -> list[Update]:
     """The history of the consensus of the subject's own slice (of the subject's kind), oldest first:
-    how many classifications each update saw and how stable it was."""
+    one record per aggregation (not per retirement check), with the classifications that showed the
+    slice and the consensus's own stability; the Dice between checks is the retire job's to measure."""
     subject = session.get(Subject, subject_id)
     if subject is None:
         return []
@@ -476,7 +477,7 @@ def _current_inputs(session: Session, key: SliceRef) -> tuple[int, int, frozense
 def _touch(session: Session, consensus_id: int, last_id: int) -> None:
     """Newer classifications of neighbouring subjects that changed nothing on this slice (no mark on
     the frame showing it): the current consensus stands and now accounts for them. A new row would
-    repeat the last one in the slice's history and look like one more stable update to retirement."""
+    repeat the last one and make the retire job judge the subject again for nothing."""
     session.connection().execute(
         sa.update(ConsensusResult).where(col(ConsensusResult.id) == consensus_id).values(last_classification_id=last_id)
     )

@@ -1,13 +1,26 @@
 """Retire the subjects whose consensus has settled: decide here, then tell Panoptes.
 
-Why two phases with the database in between: deciding is ours (a stopping rule over the slice's
-consensus history) and must never be lost, while telling Panoptes can fail for a while. Every
-decision (RETIRE or KEEP) is committed as a :class:`~etchacell_loop.db.models.RetirementDecision`
-tied to the consensus it judged, so each consensus is judged once and a newer one is judged again.
-A RETIRE leaves the subject ``retiring`` and the decision ``pending``; the sync phase sends every
-pending decision, batch by batch, and only after Panoptes accepts a batch are its decisions ``sent``
-and its subjects ``retired``. A crash anywhere leaves pending rows that the next run sends;
-re-sending a retirement Panoptes already has is harmless (it keeps the first one).
+Why two phases with the database in between: deciding is ours (a stopping rule over the subject's
+checks) and must never be lost, while telling Panoptes can fail for a while. Every decision (RETIRE
+or KEEP) is committed as a :class:`~etchacell_loop.db.models.RetirementDecision` tied to the
+consensus it judged, so each consensus is judged once and a newer one is judged again. A RETIRE
+leaves the subject ``retiring`` and the decision ``pending``; the sync phase sends every pending
+decision, batch by batch, and only after Panoptes accepts a batch are its decisions ``sent`` and its
+subjects ``retired``. A crash anywhere leaves pending rows that the next run sends; re-sending a
+retirement Panoptes already has is harmless (it keeps the first one).
+
+A *check* is one decision: the subject's current consensus (volunteer consensus for raw subjects,
+corrected consensus for correction subjects) judged against the consensus its previous decision
+judged. The job measures what the pure rule (:mod:`etchacell_loop.retirement`) needs: the Dice
+between the two consensus masks (read from their files under the data directory), the consensus's
+own leave-latest-out stability, and the subject's own classifications (of that subject, in the
+workflow its subject set is linked to, as Panoptes counts toward its retirement limit; up to the
+newest classification the judged consensus accounts for) now and at the previous check. Each
+decision records them (``n_classifications``: the subject's own count; ``stability``: the Dice
+between checks; ``details``: the previous consensus id, both counts, the slice's count and, when the
+Dice could not be measured, why) so the next check reads the history back from the decisions. A
+missing or unreadable mask makes that check not count as stable, with the reason recorded on the
+decision and a warning event; it never stops the job.
 
 A KEEP has nothing to send: its ``sync_state`` stays at the column default and the sync phase
 reads RETIRE decisions only.
@@ -16,16 +29,22 @@ reads RETIRE decisions only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import groupby
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
+from numpy.typing import NDArray
+from PIL import Image
 from sqlmodel import Session, col, select
 
 from etchacell_loop.config import Settings
+from etchacell_loop.cria.consensus import dice
 from etchacell_loop.db.models import (
+    Classification,
     ConsensusKind,
     ConsensusResult,
     DecisionOutcome,
@@ -43,6 +62,7 @@ from etchacell_loop.db.types import utcnow
 from etchacell_loop.panoptes.errors import PanoptesAuthError, PanoptesError, PanoptesUnavailable, one_line
 from etchacell_loop.panoptes.gateway import BATCH_SIZE, PanoptesGateway
 from etchacell_loop.retirement import StoppingRule, Update, stopping_rule
+from etchacell_loop.stored_files import resolve_uri
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +110,7 @@ def run_retire(session_factory: SessionFactory, gateway: PanoptesGateway | None,
     """
     rule = stopping_rule(settings.retirement)
     result = RetireJobResult()
-    decide_retirements(session_factory, rule, settings.retirement.panoptes_reason, result)
+    decide_retirements(session_factory, rule, settings.retirement.panoptes_reason, result, settings.data_dir)
     if gateway is None:
         log.info("retire: no Panoptes gateway, retirements stay pending")
     else:
@@ -102,13 +122,61 @@ def run_retire(session_factory: SessionFactory, gateway: PanoptesGateway | None,
 # --- phase 1: decide ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """An active subject, the current consensus of its kind that it has not been judged on, and the
+    workflow its subject set is linked to (None when it is linked to none)."""
+
+    subject: Subject
+    consensus: ConsensusResult
+    workflow_id: int | None
+
+
+@dataclass(frozen=True)
+class Check:
+    """What one check of a subject compared, as its decision records it.
+
+    ``update`` goes to the stopping rule; ``previous_consensus_id`` is the consensus judged at the
+    subject's previous check (None at the first); ``slice_classifications`` the consensus's own
+    count (every classification that showed the slice, neighbouring flipbooks' included);
+    ``problem`` says why the Dice between checks could not be measured.
+    """
+
+    update: Update
+    previous_consensus_id: int | None = None
+    slice_classifications: int | None = None
+    problem: str | None = None
+
+    def details(self) -> dict[str, Any]:
+        """The figures stored in ``retirement_decision.details`` (read back by :func:`update_of`)."""
+        recorded: dict[str, Any] = {
+            "previous_consensus_id": self.previous_consensus_id,
+            "check_dice": self.update.check_dice,
+            "latest_drawing_stability": self.update.stability,
+            "subject_classifications": self.update.classifications,
+            "new_classifications": self.update.new_classifications,
+            "slice_classifications": self.slice_classifications,
+        }
+        if self.problem is not None:
+            recorded["problem"] = self.problem
+        return recorded
+
+
+class MaskUnreadable(ValueError):
+    """A consensus mask that cannot be compared; the message says why."""
+
+
 def consensus_kind_for(kind: SubjectKind) -> ConsensusKind:
     """Raw subjects are judged on the volunteers' consensus, prediction subjects on the corrected one."""
     return ConsensusKind.CORRECTED if kind == SubjectKind.PREDICTION else ConsensusKind.VOLUNTEER
 
 
 def decide_retirements(
-    session_factory: SessionFactory, rule: StoppingRule, panoptes_reason: str, result: RetireJobResult
+    session_factory: SessionFactory,
+    rule: StoppingRule,
+    panoptes_reason: str,
+    result: RetireJobResult,
+    data_dir: Path,
 ) -> None:
     """Record a decision for each active subject whose current consensus has none, batch by batch."""
     after_id = 0
@@ -117,16 +185,15 @@ def decide_retirements(
             batch = undecided_subjects(session, after_id, DECIDE_BATCH)
             if not batch:
                 return
-            after_id = max(_key(subject) for subject, _ in batch)
-            for subject, consensus in batch:
-                updates = consensus_history(session, consensus)
-                decision = record_decision(session, subject, consensus, rule, updates, panoptes_reason)
+            after_id = max(_key(candidate.subject) for candidate in batch)
+            for candidate in batch:
+                decision = judge(session, data_dir, candidate, rule, panoptes_reason)
                 result.decided += 1
                 result.retire_decisions += int(decision.outcome == DecisionOutcome.RETIRE)
             session.commit()
 
 
-def undecided_subjects(session: Session, after_id: int, limit: int) -> list[tuple[Subject, ConsensusResult]]:
+def undecided_subjects(session: Session, after_id: int, limit: int) -> list[Candidate]:
     """Active subjects (id above ``after_id``) and their current consensus that no decision has judged."""
     judged = sa.exists().where(
         col(RetirementDecision.subject_id) == col(Subject.id),
@@ -137,7 +204,7 @@ def undecided_subjects(session: Session, after_id: int, limit: int) -> list[tupl
         sa.and_(col(Subject.kind) == SubjectKind.PREDICTION, col(ConsensusResult.kind) == ConsensusKind.CORRECTED),
     )
     statement = (
-        select(Subject, ConsensusResult)
+        select(Subject, ConsensusResult, SubjectSet.workflow_id)
         .join(
             ConsensusResult,
             sa.and_(
@@ -147,26 +214,116 @@ def undecided_subjects(session: Session, after_id: int, limit: int) -> list[tupl
                 own_kind,
             ),
         )
+        .outerjoin(SubjectSet, col(SubjectSet.id) == col(Subject.subject_set_id))
         .where(col(Subject.retirement_state) == RetirementState.ACTIVE, col(Subject.id) > after_id, ~judged)
         .order_by(col(Subject.id))
         .limit(limit)
     )
-    return [(subject, consensus) for subject, consensus in session.exec(statement).all()]
+    return [Candidate(subject, consensus, workflow_id) for subject, consensus, workflow_id in session.exec(statement)]
 
 
-def consensus_history(session: Session, current: ConsensusResult) -> list[Update]:
-    """The slice's consensus after each aggregation, oldest first, up to and including ``current``."""
-    statement = (
-        select(ConsensusResult.n_classifications, ConsensusResult.stability)
-        .where(
-            ConsensusResult.roi_id == current.roi_id,
-            ConsensusResult.slice_index == current.slice_index,
-            ConsensusResult.kind == current.kind,
-            col(ConsensusResult.id) <= _key(current),
-        )
-        .order_by(col(ConsensusResult.id))
+def judge(
+    session: Session, data_dir: Path, candidate: Candidate, rule: StoppingRule, panoptes_reason: str
+) -> RetirementDecision:
+    """One check of one subject: measure it against the subject's previous check, ask the rule over
+    every check so far, record the answer."""
+    earlier = previous_decisions(session, _key(candidate.subject))
+    check = measure_check(session, data_dir, candidate, earlier[-1] if earlier else None)
+    if check.problem is not None:
+        _report_unmeasured(session, candidate, check)
+    updates = [*(update_of(decision) for decision in earlier), check.update]
+    return record_decision(
+        session, candidate.subject, candidate.consensus, rule, updates, panoptes_reason, check.details()
     )
-    return [Update(n, stability) for n, stability in session.exec(statement).all()]
+
+
+def previous_decisions(session: Session, subject_id: int) -> list[RetirementDecision]:
+    """The subject's decisions so far, oldest first: one per earlier check."""
+    statement = (
+        select(RetirementDecision)
+        .where(RetirementDecision.subject_id == subject_id)
+        .order_by(col(RetirementDecision.id))
+    )
+    return list(session.exec(statement).all())
+
+
+def measure_check(session: Session, data_dir: Path, candidate: Candidate, previous: RetirementDecision | None) -> Check:
+    """The subject's own classifications now and since its previous check, and the Dice between the
+    consensus judged now and the one judged then (read from their mask files)."""
+    consensus = candidate.consensus
+    counted = own_classifications(session, candidate, consensus.last_classification_id)
+    if previous is None:
+        update = Update(counted, consensus.stability, None, counted)
+        return Check(update, None, consensus.n_classifications)
+    before = session.get(ConsensusResult, previous.consensus_result_id) if previous.consensus_result_id else None
+    counted_before = _recorded_count(previous)
+    if counted_before is None:  # a decision recorded without the figure: count as that check would have
+        counted_before = own_classifications(session, candidate, before.last_classification_id) if before else 0
+    dice_between, problem = check_dice(data_dir, before, consensus)
+    update = Update(counted, consensus.stability, dice_between, max(0, counted - counted_before))
+    return Check(update, previous.consensus_result_id, consensus.n_classifications, problem)
+
+
+def own_classifications(session: Session, candidate: Candidate, up_to: int) -> int:
+    """The subject's classifications as Panoptes counts them toward its retirement limit: of this
+    subject, in the workflow its set is linked to (any workflow when it is linked to none), up to
+    the newest classification ``up_to`` the judged consensus accounts for. Classifications stored
+    before the subject's row existed are matched by its Panoptes id."""
+    subject = candidate.subject
+    of_subject = col(Classification.subject_id) == _key(subject)
+    if subject.panoptes_id is not None:
+        unlinked = sa.and_(
+            col(Classification.subject_id).is_(None), col(Classification.subject_panoptes_id) == subject.panoptes_id
+        )
+        of_subject = sa.or_(of_subject, unlinked)
+    statement = (
+        select(sa.func.count()).select_from(Classification).where(of_subject, col(Classification.panoptes_id) <= up_to)
+    )
+    if candidate.workflow_id is not None:
+        statement = statement.where(col(Classification.workflow_id) == candidate.workflow_id)
+    return int(session.exec(statement).one())
+
+
+def check_dice(
+    data_dir: Path, previous: ConsensusResult | None, current: ConsensusResult
+) -> tuple[float | None, str | None]:
+    """Dice between the previous check's consensus mask and the current one, or why it cannot be had."""
+    if previous is None:
+        return None, "the previous check's consensus no longer exists"
+    try:
+        before = read_consensus_mask(previous, data_dir)
+        now = read_consensus_mask(current, data_dir)
+    except MaskUnreadable as exc:
+        return None, str(exc)
+    if before.shape != now.shape:
+        return None, f"masks of consensus {previous.id} {before.shape} and {current.id} {now.shape} differ in size"
+    return dice(before, now), None
+
+
+def read_consensus_mask(consensus: ConsensusResult, data_dir: Path) -> NDArray[np.bool_]:
+    """The consensus's area mask (PNG, 0 outside, 255 nucleus) as a bool array."""
+    if not consensus.mask_uri:
+        raise MaskUnreadable(f"consensus {consensus.id} has no mask")
+    path = resolve_uri(consensus.mask_uri, data_dir)
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L"))
+    except (OSError, ValueError) as exc:
+        raise MaskUnreadable(f"mask of consensus {consensus.id} unreadable: {one_line(str(exc))}") from None
+    return np.asarray(pixels > 127)
+
+
+def update_of(decision: RetirementDecision) -> Update:
+    """An earlier check as the rule reads it, from what its decision recorded. A decision recorded
+    without these figures (by an older rule) gives a check that does not count as stable."""
+    details = decision.details if isinstance(decision.details, dict) else {}
+    counted = _recorded_count(decision)
+    return Update(
+        classifications=decision.n_classifications if counted is None else counted,
+        stability=_number(details.get("latest_drawing_stability")),
+        check_dice=_number(details.get("check_dice")),
+        new_classifications=_integer(details.get("new_classifications")) or 0,
+    )
 
 
 def record_decision(
@@ -176,18 +333,25 @@ def record_decision(
     rule: StoppingRule,
     updates: Sequence[Update],
     panoptes_reason: str,
+    details: Mapping[str, Any] | None = None,
 ) -> RetirementDecision:
-    """Ask the rule and write its answer; a RETIRE also marks the subject ``retiring``."""
+    """Ask the rule over the subject's checks (``updates``, the last one judging ``consensus``) and
+    write its answer; a RETIRE also marks the subject ``retiring``.
+
+    The row's ``n_classifications`` is the subject's own count the rule used and ``stability`` the
+    Dice between checks; ``details`` holds what the check compared (:meth:`Check.details`).
+    """
     verdict = rule.decide(updates)
+    last = updates[-1] if updates else Update(0, None)
     decision = RetirementDecision(
         subject_id=_key(subject),
         consensus_result_id=_key(consensus),
         policy=rule.name,
         outcome=DecisionOutcome.RETIRE if verdict.retire else DecisionOutcome.KEEP,
         panoptes_reason=panoptes_reason if verdict.retire else None,
-        n_classifications=consensus.n_classifications,
-        stability=consensus.stability,
-        details={"reason": verdict.reason, "updates": len(updates)},
+        n_classifications=last.classifications,
+        stability=last.check_dice,
+        details={**(details or Check(last).details()), "reason": verdict.reason, "checks": len(updates)},
         sync_state=SyncState.PENDING,
     )
     session.add(decision)
@@ -195,12 +359,46 @@ def record_decision(
         subject.retirement_state = RetirementState.RETIRING
         session.add(subject)
         message = (
-            f"subject {subject.id} to retire ({verdict.reason}) after "
-            f"{consensus.n_classifications} classifications, stability {_shown(consensus.stability)}"
+            f"subject {subject.id} to retire ({verdict.reason}) after {last.classifications} classifications, "
+            f"Dice with the previous check {_shown(last.check_dice)}"
         )
         payload = {"reason": verdict.reason, "consensus_result_id": consensus.id, "policy": rule.name}
         session.add(Event(kind="retirement.decided", message=message, subject_id=subject.id, payload=payload))
     return decision
+
+
+def _report_unmeasured(session: Session, candidate: Candidate, check: Check) -> None:
+    """A check whose Dice could not be measured counts as not stable; say why, once per check."""
+    subject = candidate.subject
+    message = f"subject {subject.id}: Dice with the previous check not measured ({check.problem})"
+    log.warning("retire: %s", message)
+    payload = {
+        "consensus_result_id": candidate.consensus.id,
+        "previous_consensus_id": check.previous_consensus_id,
+        "problem": check.problem,
+    }
+    session.add(
+        Event(
+            kind="retirement.check_unmeasured",
+            level=EventLevel.WARNING,
+            message=message,
+            subject_id=subject.id,
+            payload=payload,
+        )
+    )
+
+
+def _recorded_count(decision: RetirementDecision) -> int | None:
+    details = decision.details if isinstance(decision.details, dict) else {}
+    return _integer(details.get("subject_classifications"))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 # --- phase 2: sync -----------------------------------------------------------------------------------

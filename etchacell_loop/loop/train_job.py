@@ -1,9 +1,18 @@
-"""The worker's job for one training run: training set → ``train_model`` → registered model version.
+"""The worker's job for one training run: training set → ``train_model`` → scored as deployed →
+registered model version.
 
 Why here and not in the worker loop: the loop only knows "a job that heartbeats and returns a model
 version id"; this module is the one place that knows what training needs. Keras arrives through
 ``model.train``, imported when the job runs, so the daemon (without the ``ml`` extra) can import the
 worker's module tree for its re-queueing and the dashboard can show runs.
+
+Once trained, the model is scored as the loop will use it (:mod:`etchacell_loop.model.scoring`):
+every validation and test ROI predicted whole with TAP under the ``correction`` section's rule and
+clean-up (the parameters the prediction batches get), Table 1 at the source resolution against the
+consensus and, for a synthetic volume, the ground truth. Those figures are what the registry stores
+per split and what promotion compares (validation against consensus); the network's own figures from
+training (validation loss; F-measure and AHD along z alone on the model grid) are kept beside them
+as ``loss`` and ``z_only_*``.
 
 The run's ``config`` may override the preset's ``epochs``, ``steps_per_epoch`` and the ``seed``
 (an operator's quick trial, a test's tiny run).
@@ -19,12 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from etchacell_loop.config import Settings
-from etchacell_loop.db.models import DataSplit, MetricReference, TrainingRun
-from etchacell_loop.model import registry
+from etchacell_loop.db.models import DataSplit, MetricReference, TrainingRun, Volume
+from etchacell_loop.loop.batches import tap_params
+from etchacell_loop.loop.publish_job import tap_settings
+from etchacell_loop.model import registry, scoring
 from etchacell_loop.model.presets import get_preset
+from etchacell_loop.model.tap import TapParams
 from etchacell_loop.model.training_set import TrainingSet, build_training_set
 
 if TYPE_CHECKING:
@@ -35,6 +47,8 @@ log = logging.getLogger(__name__)
 SessionFactory = Callable[[], Session]
 REGISTER_ATTEMPTS = 3
 STAGING_DIR = "_training"
+SCORING_DIR = "scoring"
+Z_ONLY_PREFIX = "z_only_"  # training's validation figures: the network along z alone, model grid, no clean-up
 
 
 def train_job(session_factory: SessionFactory, settings: Settings, run: TrainingRun, heartbeat: Heartbeat) -> int:
@@ -43,6 +57,7 @@ def train_job(session_factory: SessionFactory, settings: Settings, run: Training
     preset = get_preset(run.preset)
     with session_factory() as session:
         training_set = build_training_set(session, settings.data_dir)  # refused before Keras loads
+        voxel_sizes = recorded_voxel_sizes(session)
     from etchacell_loop.model.train import train_model  # Keras: only on the worker
 
     log.info("training run %d: %s slices %s", run.id, preset.name, training_set.snapshot.counts)
@@ -58,7 +73,8 @@ def train_job(session_factory: SessionFactory, settings: Settings, run: Training
         should_stop=heartbeat.should_stop,
     )
     heartbeat.check()  # stopped or lost during the last epoch: the model is incomplete, do not register
-    metrics = metric_table(result.val_metrics)
+    metrics = deployed_metrics(settings, training_set, voxel_sizes, Path(result.artifact_path), out_dir, heartbeat)
+    metrics = merge_metrics(metrics, metric_table(result.val_metrics))
     return register_and_promote(
         session_factory,
         settings,
@@ -106,6 +122,68 @@ def register_and_promote(
                 raise
             log.warning("version name taken by a concurrent registration; trying the next one")
     raise AssertionError("unreachable")
+
+
+def deployed_metrics(
+    settings: Settings,
+    training_set: TrainingSet,
+    voxel_sizes: Mapping[str, tuple[float, float, float]],
+    artifact: Path,
+    out_dir: Path,
+    heartbeat: Heartbeat,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Table 1 of the trained model on the validation and test ROIs as the loop deploys it (see the
+    module docstring); the predictions are written under ``out_dir/scoring`` and removed after."""
+    from etchacell_loop.model.keras_io import load_predict_fn  # Keras: only on the worker
+
+    predict_fn, preset = load_predict_fn(artifact)
+    tap = deployed_tap(settings, preset.patch_zyx)
+    cases = scoring.cases_from_slices(training_set.slices, voxel_sizes)
+    work = out_dir / SCORING_DIR
+
+    def progress(case: str) -> None:
+        heartbeat.check()
+        log.info("scoring %s with TAP %s (%d-voxel minimum, keep largest: %s)", case, tap.rule,
+                 tap.min_component_voxels, tap.keep_largest)  # fmt: skip
+
+    try:
+        scores = scoring.score_rois(cases, predict_fn, preset, tap, work, progress=progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    heartbeat.check()
+    for name, row in scoring.tables_by_roi(scores).items():
+        log.info("%s: F %.3f, AHD %.2f px (%.1f nm) at the source resolution", name, row.f_measure, row.ahd_px,
+                 row.ahd_nm)  # fmt: skip
+    return scoring.metric_table(scores)
+
+
+def recorded_voxel_sizes(session: Session) -> dict[str, tuple[float, float, float]]:
+    """Each volume's voxel size (z, y, x nm) as the database records it, by the path training reads
+    it from (a TIFF may not say its own)."""
+    rows = session.exec(select(Volume)).all()
+    return {
+        v.storage_uri.removeprefix("file://"): (v.voxel_size_z_nm, v.voxel_size_y_nm, v.voxel_size_x_nm) for v in rows
+    }
+
+
+def deployed_tap(settings: Settings, patch_zyx: tuple[int, int, int]) -> TapParams:
+    """The TAP parameters the loop's prediction batches get (``correction`` section): what a model
+    is scored with before promotion, so that promotion judges what will be deployed."""
+    return tap_params(patch_zyx, settings.correction.tap_rule, tap_settings(settings.correction))
+
+
+def merge_metrics(
+    deployed: Mapping[str, Mapping[str, Mapping[str, float]]], training: Mapping[str, Mapping[str, Mapping[str, float]]]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The deployed figures, with training's own validation figures added under ``loss`` and
+    ``z_only_<name>`` (they never replace a deployed figure)."""
+    merged = {split: {ref: dict(figures) for ref, figures in refs.items()} for split, refs in deployed.items()}
+    for split, refs in training.items():
+        for reference, figures in refs.items():
+            target = merged.setdefault(split, {}).setdefault(reference, {})
+            for name, value in figures.items():
+                target.setdefault(name if name == "loss" else f"{Z_ONLY_PREFIX}{name}", value)
+    return merged
 
 
 def staging_dir(data_dir: Path, run_id: int) -> Path:

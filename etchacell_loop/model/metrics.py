@@ -22,13 +22,17 @@ All functions take binary volumes (z, y, x) — ``True``/non-zero = envelope —
   positives still show in the symmetric AHD and in precision.
 * **Area F-measure** is the F-measure of the nucleus *area* (the envelope with its holes filled) on
   one slice near the centre of the cell, as the paper reports for comparison with area-based work.
+
+Every figure is a sum over slices, so :class:`Table1Accumulator` takes a volume one slice at a time:
+a region at the source resolution (2000 x 2000 px x 150 slices per paper ROI) never has to be held
+whole. :func:`evaluate_volumes` is the accumulator over a volume in memory; the two agree exactly.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -99,19 +103,33 @@ def directed_distance_sums(source: NDArray[Any], target: NDArray[Any]) -> tuple[
     """Σ over the ``source`` pixels of the in-slice distance (px) to the nearest ``target`` pixel,
     and the number of source pixels; a slice with source but no target pixels adds the cap each."""
     s, t = _same_shape(source, target)
-    cap = slice_cap_px(s.shape)
     total, count = 0.0, 0
     for src, tgt in zip(s, t, strict=True):
-        n_src = int(np.count_nonzero(src))
-        if n_src == 0:
-            continue
-        if not tgt.any():
-            total += cap * n_src
-        else:
-            distance = ndimage.distance_transform_edt(~tgt)
-            total += float(np.sum(distance[src], dtype=np.float64))
+        slice_total, n_src = slice_distance_sum(src, tgt)
+        total += slice_total
         count += n_src
     return total, count
+
+
+def slice_distance_sum(source: Binary, target: Binary) -> tuple[float, int]:
+    """One slice's share of :func:`directed_distance_sums`.
+
+    The distance transform runs over the bounding box of both sides only: every target pixel lies
+    inside it, so the nearest one of each source pixel is found there too (exact, and a nucleus is a
+    small part of a 2000 x 2000 slice). The cap stays the whole slice's diagonal."""
+    n_src = int(np.count_nonzero(source))
+    if n_src == 0:
+        return 0.0, 0
+    if not target.any():
+        return slice_cap_px(source.shape) * n_src, n_src
+    box = _bounding_box(source | target)
+    distance = ndimage.distance_transform_edt(~target[box])
+    return float(np.sum(distance[source[box]], dtype=np.float64)), n_src
+
+
+def _bounding_box(mask: Binary) -> tuple[slice, slice]:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def average_hausdorff_px(ref: NDArray[Any], pred: NDArray[Any]) -> float:
@@ -158,28 +176,106 @@ def evaluate_volumes(
 
     ``central_slice`` picks the slice for the area F-measure; by default :func:`central_slice_of`.
     """
-    if not pixel_size_nm > 0:
-        raise ValueError(f"pixel size must be positive, not {pixel_size_nm}")
     p, r = _same_shape(pred, ref)
-    scores = overlap_scores(p, r)
-    ahd = average_hausdorff_px(r, p)
-    ahd_sym = symmetric_average_hausdorff_px(r, p)
-    z = central_slice if central_slice is not None else central_slice_of(r)
-    if z is not None and not 0 <= z < r.shape[0]:
-        raise ValueError(f"central slice {z} is outside 0..{r.shape[0] - 1}")
-    return Table1(
-        f_measure=scores.f_measure,
-        recall=scores.recall,
-        precision=scores.precision,
-        ahd_px=ahd,
-        ahd_nm=ahd * pixel_size_nm,
-        ahd_symmetric_px=ahd_sym,
-        ahd_symmetric_nm=ahd_sym * pixel_size_nm,
-        area_f_measure=area_f_measure(p[z], r[z]) if z is not None else None,
-        central_slice=z,
-        n_slices=int(r.shape[0]),
-        pixel_size_nm=float(pixel_size_nm),
-    )
+    if central_slice is not None and not 0 <= central_slice < r.shape[0]:
+        raise ValueError(f"central slice {central_slice} is outside 0..{r.shape[0] - 1}")
+    accumulator = Table1Accumulator(pixel_size_nm)
+    for z in range(r.shape[0]):
+        accumulator.add(z, p[z], r[z], area_slice=central_slice is None)
+    if central_slice is None:
+        return accumulator.table()
+    area = area_f_measure(p[central_slice], r[central_slice])
+    return replace(accumulator.table(), area_f_measure=area, central_slice=central_slice)
+
+
+@dataclass
+class Table1Accumulator:
+    """Table 1, summed slice by slice (see the module docstring); slices may come in any order and
+    from several regions (``add`` them with distinct indices) and the figures are pooled over all.
+
+    For the area F-measure it keeps, per slice whose reference envelope encloses an area (the only
+    slices :func:`central_slice_of` can pick), that slice's area F; :meth:`table` then picks the
+    central one of the reference's extent, as :func:`evaluate_volumes` does.
+    """
+
+    pixel_size_nm: float
+    true_positive: int = 0
+    predicted: int = 0
+    reference: int = 0
+    ref_to_pred: float = 0.0  # Σ distances from reference pixels to the prediction
+    pred_to_ref: float = 0.0
+    occupied: list[int] = field(default_factory=list)  # slices with reference envelope
+    area_f: dict[int, float] = field(default_factory=dict)  # slices whose reference encloses an area
+    n_slices: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.pixel_size_nm > 0:
+            raise ValueError(f"pixel size must be positive, not {self.pixel_size_nm}")
+
+    def add(self, index: int, pred: NDArray[Any], ref: NDArray[Any], *, area_slice: bool = True) -> None:
+        """One slice of both sides (2-D, same shape); ``area_slice`` False skips the area figure
+        (a caller that has fixed the central slice need not fill every other one)."""
+        p, r = as_binary(pred), as_binary(ref)
+        if p.shape != r.shape or p.ndim != 2:
+            raise ValueError(f"slices differ in shape or are not 2-D: {p.shape} and {r.shape}")
+        self.n_slices += 1
+        self.true_positive += int(np.count_nonzero(p & r))
+        self.predicted += int(np.count_nonzero(p))
+        self.reference += int(np.count_nonzero(r))
+        self.ref_to_pred += slice_distance_sum(r, p)[0]
+        self.pred_to_ref += slice_distance_sum(p, r)[0]
+        if not r.any():
+            return
+        self.occupied.append(index)
+        if not area_slice:
+            return
+        ref_area = nucleus_area(r)
+        if np.count_nonzero(ref_area) > np.count_nonzero(r):
+            pred_area = nucleus_area(p)
+            self.area_f[index] = overlap_scores(pred_area[np.newaxis], ref_area[np.newaxis]).f_measure
+
+    def merge(self, other: Table1Accumulator) -> None:
+        """Pool ``other`` (another region, scored the same way) into this one; its slice indices
+        must not repeat this one's."""
+        self.true_positive += other.true_positive
+        self.predicted += other.predicted
+        self.reference += other.reference
+        self.ref_to_pred += other.ref_to_pred
+        self.pred_to_ref += other.pred_to_ref
+        self.occupied.extend(other.occupied)
+        self.area_f.update(other.area_f)
+        self.n_slices += other.n_slices
+
+    def central_slice(self) -> int | None:
+        """The qualifying slice nearest the middle of the reference's extent (:func:`central_slice_of`)."""
+        if not self.occupied or not self.area_f:
+            return None
+        middle = (min(self.occupied) + max(self.occupied)) / 2
+        return min(self.area_f, key=lambda k: (abs(k - middle), k))
+
+    def table(self, central_slice: int | None = None) -> Table1:
+        """The figures so far; ``central_slice`` (already added) overrides the automatic choice."""
+        both_empty = 1.0 if self.predicted == 0 and self.reference == 0 else 0.0
+        precision = _ratio(self.true_positive, self.predicted, both_empty=both_empty)
+        recall = _ratio(self.true_positive, self.reference, both_empty=both_empty)
+        f_measure = _ratio(2 * self.true_positive, self.predicted + self.reference, both_empty=both_empty)
+        ahd = self.ref_to_pred / self.reference if self.reference else 0.0
+        reverse = self.pred_to_ref / self.predicted if self.predicted else 0.0
+        ahd_sym = (ahd + reverse) / 2
+        z = central_slice if central_slice is not None else self.central_slice()
+        return Table1(
+            f_measure=f_measure,
+            recall=recall,
+            precision=precision,
+            ahd_px=ahd,
+            ahd_nm=ahd * self.pixel_size_nm,
+            ahd_symmetric_px=ahd_sym,
+            ahd_symmetric_nm=ahd_sym * self.pixel_size_nm,
+            area_f_measure=self.area_f.get(z) if z is not None else None,
+            central_slice=z,
+            n_slices=self.n_slices,
+            pixel_size_nm=float(self.pixel_size_nm),
+        )
 
 
 TABLE1_COLUMNS = (

@@ -7,21 +7,26 @@ Steps, each bounded in memory by one chunk (``chunk_zyx`` model voxels plus its 
    ``round(model voxel / source voxel)``, never upsampling (the effective voxel size is recorded).
    Blocks cut by the volume's or ROI's end are completed by repeating the edge. The resampled
    region goes to a temporary zarr so the three views and the overlapping chunks read it, not the
-   (25x larger) source, again.
+   (25x larger) source, again. (The seed resized with PIL's bicubic filter; a block mean depends
+   on its block alone, so a chunk resamples exactly as the whole region would.)
 2. **Normalise** with one intensity window for the whole region: the 1st-99th percentile of the
    resampled region (of evenly spaced slices of it when it is large), the same arithmetic as
    :func:`etchacell_loop.model.data.normalise_intensity`, which training applies per stack. One
    window per predicted region, not per chunk, so a chunk border never shows as a contrast step.
+   (The seed standardised each patch by its own mean and standard deviation.)
 3. **Predict** chunk by chunk with :mod:`etchacell_loop.model.tap`: every window touching a chunk is
    predicted from the halo around it on the whole region's window grid, so chunks join seamlessly
    and equal an in-memory run. Windows near chunk borders are predicted once per chunk they touch:
    larger chunks waste less (about ``(chunk + patch) / chunk`` per axis) but need more memory.
 4. **Remove small components after assembling**, exactly: each chunk's voted envelope is labelled
-   (face-connected) into a temporary label array with globally unique ids; labels meeting across
-   chunk faces are merged (a graph of touching pairs, solved with ``scipy.sparse.csgraph``); sizes
-   are summed per merged component; a last pass keeps the components of at least
-   ``min_component_voxels`` (or only the largest). A nuclear envelope spanning many chunks is
-   judged by its whole size, never by its piece in one chunk.
+   (fully connected, :data:`~etchacell_loop.model.tap.COMPONENT_CONNECTIVITY`, as in memory) into
+   a temporary label array with globally unique ids; labels that are neighbours across a chunk
+   border, face to face or only through an edge or a corner, are merged (a graph of touching pairs,
+   solved with ``scipy.sparse.csgraph``); sizes are summed per merged component; a last pass keeps
+   the components of at least ``min_component_voxels`` (and, with ``keep_largest``, only the
+   largest of them). A nuclear envelope spanning many chunks is judged by its whole size, never by
+   its piece in one chunk, and the result equals the in-memory
+   :func:`~etchacell_loop.model.tap.tri_axis_predict` voxel for voxel.
 
 The output is an OME-Zarr at the model voxel size, covering the region: the image is the mean
 probability over the axes as uint8 0-255, ``labels/envelope`` the post-processed TAP envelope
@@ -43,7 +48,7 @@ from typing import Any
 import numpy as np
 import zarr
 from numpy.typing import NDArray
-from scipy import ndimage, sparse
+from scipy import sparse
 from scipy.sparse import csgraph
 
 from etchacell_loop.imaging.omezarr import (
@@ -57,7 +62,7 @@ from etchacell_loop.imaging.omezarr import (
 from etchacell_loop.imaging.volume import LazyVolume, RoiBox
 from etchacell_loop.model.presets import ModelPreset
 from etchacell_loop.model.tap import (
-    FACE_CONNECTIVITY,
+    COMPONENT_CONNECTIVITY,
     Binary,
     BoxReader,
     Float,
@@ -67,6 +72,7 @@ from etchacell_loop.model.tap import (
     agreement_counts,
     combine_votes,
     disagreement,
+    label_components,
     predict_axis_region,
     vote,
 )
@@ -223,7 +229,7 @@ class _Labelled:
     n_labels: int = 0
 
     def add(self, start: Shape3, stop: Shape3, mask: Binary) -> None:
-        labels, n = ndimage.label(mask, structure=FACE_CONNECTIVITY)
+        labels, n = label_components(mask)
         if self.n_labels + n > MAX_LABEL:
             raise PredictError("too many separate envelope pieces to label; raise the chunk size")
         labels = labels.astype(np.uint32)
@@ -234,19 +240,44 @@ class _Labelled:
 
 
 def _touching_pairs(labels: zarr.Array[Any], chunk_zyx: Shape3) -> NDArray[np.int64]:
-    """Pairs of labels that face each other across a chunk border (the only place a component can
-    have been cut), read a pair of planes at a time."""
+    """Pairs of labels that are neighbours (:data:`COMPONENT_CONNECTIVITY`) across a chunk border,
+    the only place a component can have been cut, read a pair of planes at a time.
+
+    Each label on the last plane before a border is paired with the labels on the first plane after
+    it at the same position and, with full connectivity, at the eight positions around it (a step
+    of one along either or both other axes): a band one voxel wide often crosses a border only
+    along an edge or through a corner. Two neighbouring voxels in different chunks always lie on
+    either side of some border, one step apart across it, so every cut is found.
+    """
     pairs = [np.zeros((0, 2), dtype=np.int64)]
     for axis in range(3):
+        offsets = _offsets_across(axis)
         for border in range(chunk_zyx[axis], labels.shape[axis], chunk_zyx[axis]):
-            before = np.asarray(
-                labels[tuple(slice(border - 1, border) if d == axis else slice(None) for d in range(3))]
-            )
-            after = np.asarray(labels[tuple(slice(border, border + 1) if d == axis else slice(None) for d in range(3))])
-            both = (before > 0) & (after > 0)
-            found = np.stack([before[both], after[both]], axis=1).astype(np.int64)
-            pairs.append(np.unique(found, axis=0))
+            before = np.take(np.asarray(labels[_plane(axis, border - 1)]), 0, axis=axis)
+            after = np.take(np.asarray(labels[_plane(axis, border)]), 0, axis=axis)
+            pairs.append(_plane_pairs(before, after, offsets))
     return np.concatenate(pairs)
+
+
+def _offsets_across(axis: int) -> list[tuple[int, int]]:
+    """The steps, along the two other axes in order, from a voxel to its neighbours on the next
+    plane along ``axis``: :data:`COMPONENT_CONNECTIVITY`'s slab ahead (all nine for 26-connectivity)."""
+    ahead = np.take(COMPONENT_CONNECTIVITY, 2, axis=axis)
+    rows, cols = np.nonzero(ahead)
+    return [(int(r) - 1, int(c) - 1) for r, c in zip(rows, cols, strict=True)]
+
+
+def _plane_pairs(before: NDArray[Any], after: NDArray[Any], offsets: Sequence[tuple[int, int]]) -> NDArray[np.int64]:
+    """The distinct (label before, label after) of labelled voxels ``offsets`` apart on two planes."""
+    rows, cols = np.nonzero(before)
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    for d_row, d_col in offsets:
+        r, c = rows + d_row, cols + d_col
+        inside = (r >= 0) & (r < after.shape[0]) & (c >= 0) & (c < after.shape[1])
+        other = after[r[inside], c[inside]]
+        hit = other > 0
+        found.append(np.stack([before[rows[inside][hit], cols[inside][hit]], other[hit]], axis=1).astype(np.int64))
+    return np.unique(np.concatenate(found), axis=0)
 
 
 def _plane(axis: int, index: int) -> tuple[slice, slice, slice]:
@@ -294,11 +325,13 @@ def predict_volume(
 ) -> VolumePrediction:
     """Predict ``volume`` (or its ``roi``) with TAP and write ``out`` (see the module docstring).
 
-    ``params`` defaults to the paper's TAP with the preset's patch; ``model_attrs`` (version,
-    artefact) are recorded in the output's attributes.
+    ``params`` defaults to the paper's TAP with the preset's patch, keeping only the largest
+    component when an ``roi`` is predicted (the paper's isolation of the ROI's nucleus) and every
+    component of the minimum size over a whole volume; ``model_attrs`` (version, artefact) are
+    recorded in the output's attributes.
     """
     started = time.perf_counter()
-    tap = params or TapParams(patch_zyx=preset.patch_zyx)
+    tap = params or TapParams(patch_zyx=preset.patch_zyx, keep_largest=roi is not None)
     if tap.patch_zyx != preset.patch_zyx:
         raise PredictError(f"TAP patch {tap.patch_zyx} differs from the model's patch {preset.patch_zyx}")
     if len(chunk_zyx) != 3 or min(chunk_zyx) < 1:

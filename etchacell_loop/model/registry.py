@@ -12,7 +12,10 @@ Why these rules:
   promotes the new one in the caller's transaction, so nobody ever sees two or, after the commit,
   none. A new version is promoted automatically only when it beats the promoted one on the
   validation ROIs against consensus: higher envelope F-measure, ties broken by lower average
-  Hausdorff distance. A worse model never silently replaces a better one; an Event says why.
+  Hausdorff distance. Those are the figures of the model as it is deployed — whole ROIs predicted
+  with TAP under the loop's rule and clean-up, scored at the source resolution
+  (:mod:`etchacell_loop.model.scoring`) — not the network's figures on validation tiles. A worse
+  model never silently replaces a better one; an Event says why.
 * The promotion history is the ordered ``model.promoted`` events: each carries the version promoted
   and, for a rollback, ``rollback: true``. Replaying them as a stack (promote pushes, rollback pops)
   gives the version a rollback returns to, and a second rollback goes one further back.
@@ -177,7 +180,12 @@ def metric_rows(version: ModelVersion, metrics: MetricTable) -> list[ModelMetric
 
 def validation_figures(version: ModelVersion) -> tuple[float | None, float | None]:
     """(F-measure, AHD in nm) on the validation ROIs against consensus, where recorded."""
-    figures = version.metrics.get(DataSplit.VALIDATION.value, {}).get(MetricReference.CONSENSUS.value, {})
+    return split_figures(version, DataSplit.VALIDATION)
+
+
+def split_figures(version: ModelVersion, split: DataSplit) -> tuple[float | None, float | None]:
+    """(F-measure, AHD in nm) on ``split``'s ROIs against consensus, where recorded."""
+    figures = version.metrics.get(split.value, {}).get(MetricReference.CONSENSUS.value, {})
     return _number(figures.get(F_MEASURE)), _number(figures.get(AHD_NM))
 
 

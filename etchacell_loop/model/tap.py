@@ -1,10 +1,11 @@
 """Tri-axis prediction (TAP, paper sections 2.6 and 4.11-4.12), on any ``predict_fn``.
 
 The volume is isotropic at the model's voxel size, so any of its three axes can serve as the
-slicing axis: the model sees the volume as z-slices, then as y-slices, then as x-slices, and the
-three probability volumes are combined. The paper (and this module's default, rule ``all``) keeps
-the voxels all three call envelope; the seed code in fact kept those *any* axis called envelope
-(a logical OR); ``majority`` (two of three) sits between.
+slicing axis: the model sees the volume as z-slices, then as y-slices, then as x-slices, and each
+view's probabilities are thresholded (``threshold``, 0.5) into one vote per axis. The paper keeps
+the voxels all three axes call envelope, and so does this module's default, rule ``all``. The
+seed code differs: ``src/ml/model_predict.py`` kept the voxels *any* axis called envelope (a
+logical OR), which is rule ``any``; ``majority`` (two of three) sits between.
 
 Sliding windows: each view is covered by windows of the preset's ``patch_zyx`` (in the view's axes)
 overlapping by ``overlap``; a window's output is blended into the result with a raised-cosine weight
@@ -13,14 +14,27 @@ every voxel is a weighted mean of the windows that cover it. Windows sit on one 
 the *whole* volume, whatever part is being computed: a chunk of a large volume
 (:func:`predict_axis_region` with a core box and a halo read around it) gets exactly the values the
 whole volume in memory would — the chunked path in :mod:`etchacell_loop.model.predict` relies on it.
-Axes shorter than the patch are padded by mirroring (``symmetric``) and cropped back.
+Axes shorter than the patch are padded by mirroring (``symmetric``) and cropped back. (The seed kept
+each window's centre, its outer quarter cropped, where this project blends.)
 
-Post-processing: connected components smaller than ``min_component_voxels`` (10 000 at 50 nm in
-the paper) are removed, optionally keeping only the largest (the target nucleus of an ROI).
-Components are face-connected (6-connectivity), the default of scikit-image's
-``remove_small_objects`` the paper's pipeline used. Per-slice *uncertainty* is the axes'
-disagreement: ``1 - |voxels all axes call envelope| / |voxels any axis calls envelope|`` per z slice
-(0 where no axis sees envelope).
+Post-processing (paper section 4.12): connected components smaller than ``min_component_voxels``
+(10,000 at 50 nm in the paper) are removed and, with ``keep_largest``, only the largest is kept:
+the paper's way to isolate an ROI's target nucleus from pieces of its neighbours. (The seed's
+prediction pipeline applies only the 10,000-voxel minimum; its largest-component function is not
+called there.) Components are fully connected (:data:`COMPONENT_CONNECTIVITY`: 26 neighbours,
+sharing a face, an edge or a corner), as the seed labelled them (``src/connected_components.py``:
+``skimage.measure.label`` at its default, full connectivity). It matters: a 70 nm envelope at 50 nm
+voxels is a band one or two voxels wide whose voxels often meet only at an edge or a corner, so
+counted face to face (6 neighbours) one nuclear envelope falls into many pieces (thousands, none
+near 10,000 voxels, where the band is one voxel wide) and post-processing removes much or all of it.
+
+``keep_largest`` is off in :class:`TapParams`: whether a volume is one ROI is for the caller to say
+(``etchacell predict`` turns it on with ``--roi``, the loop's per-ROI prediction batches with
+``correction.keep_largest``, :func:`etchacell_loop.model.predict.predict_volume` without explicit
+parameters for an ROI), and on a whole volume, where every nucleus is wanted, it would keep one.
+
+Per-slice *uncertainty* is the axes' disagreement: ``1 - |voxels all axes call envelope| / |voxels
+any axis calls envelope|`` per z slice (0 where no axis sees envelope).
 """
 
 from __future__ import annotations
@@ -48,7 +62,9 @@ DEFAULT_OVERLAP = 0.25
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_COMPONENT_VOXELS = 10_000
 DEFAULT_BATCH_SIZE = 8
-FACE_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
+COMPONENT_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
+"""Voxels are in one component when they share a face, an edge or a corner (26 neighbours), as in
+the seed's ``skimage.measure.label``: the one-voxel envelope band is often joined only diagonally."""
 
 
 class TapError(ValueError):
@@ -57,7 +73,12 @@ class TapError(ValueError):
 
 @dataclass(frozen=True)
 class TapParams:
-    """How a volume is predicted and post-processed; declared as data so runs can record it."""
+    """How a volume is predicted and post-processed; declared as data so runs can record it.
+
+    ``keep_largest`` defaults to off because these parameters do not know whether the volume is one
+    ROI (the paper keeps the largest component there) or a whole volume of many nuclei; the callers
+    that do know set it (see the module docstring).
+    """
 
     patch_zyx: Shape3
     axes: tuple[int, ...] = TRI_AXES
@@ -250,10 +271,18 @@ def disagreement(every: NDArray[np.int64], some: NDArray[np.int64]) -> Float:
     return np.asarray(1.0 - share, dtype=np.float32)
 
 
+def label_components(mask: Binary) -> tuple[NDArray[np.int32], int]:
+    """``mask``'s components under :data:`COMPONENT_CONNECTIVITY`, labelled 1 … n (0: background),
+    and n; the one labelling that in-memory and chunked post-processing share."""
+    labels, n = ndimage.label(mask, structure=COMPONENT_CONNECTIVITY)
+    return np.asarray(labels, dtype=np.int32), int(n)
+
+
 def remove_small_components(mask: Binary, min_voxels: int, *, keep_largest: bool = False) -> Binary:
-    """``mask`` without its face-connected components smaller than ``min_voxels``; with
-    ``keep_largest``, only the largest component that is left (ties: the first found)."""
-    labels, n = ndimage.label(mask, structure=FACE_CONNECTIVITY)
+    """``mask`` without its components (:data:`COMPONENT_CONNECTIVITY`) smaller than
+    ``min_voxels``; with ``keep_largest``, only the largest component that is left (ties: the first
+    found)."""
+    labels, n = label_components(mask)
     if n == 0:
         return np.zeros(mask.shape, dtype=bool)
     sizes = np.bincount(labels.ravel())

@@ -1,4 +1,4 @@
-"""What a training run learns from: the current consensus masks, as labelled slices, and a snapshot.
+"""What a training run learns from: the settled consensus masks, as labelled slices, and a snapshot.
 
 Why: a model version must say exactly which consensus it saw, so that two versions can be compared
 fairly and a surprising model can be traced back to its data. The snapshot lists the consensus ids
@@ -6,12 +6,25 @@ per split and the counts, and ``data_hash`` (sha256 over every used consensus id
 sha256 of its mask file) changes whenever a mask, a split or the set of slices changes, even when a
 mask file is rewritten under the same name.
 
-Which rows: current ``ConsensusResult`` rows with a mask, of kind volunteer or corrected. When a
-slice has both, the corrected one is used: volunteers made it looking at the image *and* at a
-model's outline, after the volunteer consensus existed. The split is the ROI's; slices of ROIs
-without a split are left out (and counted), as are slices whose subject metadata lacks the crop
-(``#crop_xywh``, ``Scaling factor``) or whose mask file is missing. Where a row's own subject does
-not carry the crop, any subject of the same ROI does: every subject of an ROI shows the same crop.
+Which rows: *settled* consensus only, the answers the stopping rule vouched for. A consensus row is
+settled when a RETIRE decision of a subject showing that slice as its own judged that very row (a
+raw subject's decision judges the volunteer consensus, a correction subject's the corrected one)
+and the subject is still retiring or retired. A consensus still gathering classifications changes
+with each of them; training on it would teach the model half-finished answers (the paper trained on
+slices retired after 30 classifications, §4.6), and the training trigger already counts only
+settled slices. Per slice and kind the newest settled row is used, even when a newer current row
+exists: marks made after the decision (a neighbouring flipbook's frame showing the slice, or a
+classification still in flight when the subject retired) make rows nobody judged, and a retired
+subject is never judged again, so waiting for the current row to be settled would drop the slice
+for good. A slice with a current consensus but nothing settled is left out and counted in
+``skipped`` as "consensus not settled".
+
+When a slice has both kinds settled, the corrected one is used: volunteers made it looking at the
+image *and* at a model's outline, after the volunteer consensus existed. The split is the ROI's;
+slices of ROIs without a split are left out (and counted), as are slices whose subject metadata
+lacks the crop (``#crop_xywh``, ``Scaling factor``) or whose mask file is missing. Where a row's own
+subject does not carry the crop, any subject of the same ROI does: every subject of an ROI shows the
+same crop.
 
 Reads the database through the given Session; writes nothing.
 """
@@ -25,12 +38,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from etchacell_loop.db.models import (
     ConsensusKind,
     ConsensusResult,
     DataSplit,
+    DecisionOutcome,
+    RetirementDecision,
+    RetirementState,
     Roi,
     Subject,
     SubjectKind,
@@ -43,7 +61,10 @@ from etchacell_loop.subject_metadata import CROP_XYWH_KEY, SCALING_KEY
 
 KIND_PREFERENCE = {ConsensusKind.CORRECTED: 0, ConsensusKind.VOLUNTEER: 1}
 USED_SPLITS = (DataSplit.TRAIN, DataSplit.VALIDATION, DataSplit.TEST)
+SETTLED_STATES = (RetirementState.RETIRING, RetirementState.RETIRED)
+NOT_SETTLED = "consensus not settled"
 CropXYWH = tuple[int, int, int, int]
+Row = tuple[ConsensusResult, Roi, Volume, Subject | None]
 
 
 class TrainingSetError(ValueError):
@@ -92,7 +113,7 @@ class _Candidate:
 
 
 def build_training_set(session: Session, data_dir: Path) -> TrainingSet:
-    """Every usable current consensus as a :class:`LabelledSlice`; refused when it cannot train.
+    """Every usable settled consensus as a :class:`LabelledSlice`; refused when it cannot train.
 
     Refusals: no usable slice at all, no training slice, or no validation slice (promotion and
     early stopping are judged on the validation ROIs, so a run without them proves nothing).
@@ -103,7 +124,9 @@ def build_training_set(session: Session, data_dir: Path) -> TrainingSet:
     ids: dict[str, list[int]] = {split.value: [] for split in USED_SPLITS}
     rois: dict[str, set[int]] = {split.value: set() for split in USED_SPLITS}
     fallback_subjects = _subjects_with_crop(session)
-    for consensus, roi, volume, subject in _preferred(current_consensus(session)):
+    settled = _preferred(settled_consensus(session))
+    skipped[NOT_SETTLED] = unsettled_slices(current_consensus(session), settled)
+    for consensus, roi, volume, subject in settled:
         if roi.split not in USED_SPLITS:
             skipped["roi without split"] += 1
             continue
@@ -125,14 +148,53 @@ def build_training_set(session: Session, data_dir: Path) -> TrainingSet:
     snapshot = TrainingSnapshot(
         consensus_ids={split: tuple(sorted(values)) for split, values in ids.items()},
         rois={split: tuple(sorted(values)) for split, values in rois.items()},
-        skipped=dict(skipped),
+        skipped={why: n for why, n in skipped.items() if n},
         data_hash=data_hash(digests),
     )
     require_trainable(snapshot)
     return TrainingSet(tuple(slices), snapshot)
 
 
-def current_consensus(session: Session) -> list[tuple[ConsensusResult, Roi, Volume, Subject | None]]:
+def settled_consensus(session: Session) -> list[Row]:
+    """Volunteer and corrected consensus rows with a mask that a RETIRE decision judged, of a subject
+    (still retiring or retired) whose own slice it is and whose kind it serves; joined to ROI,
+    volume and the row's own subject, oldest first."""
+    judged = aliased(Subject)
+    own_kind = sa.or_(
+        sa.and_(col(judged.kind) == SubjectKind.RAW, col(ConsensusResult.kind) == ConsensusKind.VOLUNTEER),
+        sa.and_(col(judged.kind) == SubjectKind.PREDICTION, col(ConsensusResult.kind) == ConsensusKind.CORRECTED),
+    )
+    retired_on_it = sa.exists().where(
+        col(RetirementDecision.consensus_result_id) == col(ConsensusResult.id),
+        col(RetirementDecision.outcome) == DecisionOutcome.RETIRE,
+        col(judged.id) == col(RetirementDecision.subject_id),
+        col(judged.retirement_state).in_(list(SETTLED_STATES)),
+        col(judged.roi_id) == col(ConsensusResult.roi_id),
+        col(judged.slice_index) == col(ConsensusResult.slice_index),
+        own_kind,
+    )
+    statement = (
+        select(ConsensusResult, Roi, Volume, Subject)
+        .join(Roi, col(ConsensusResult.roi_id) == col(Roi.id))
+        .join(Volume, col(Roi.volume_id) == col(Volume.id))
+        .outerjoin(Subject, col(ConsensusResult.subject_id) == col(Subject.id))
+        .where(
+            retired_on_it,
+            col(ConsensusResult.mask_uri).is_not(None),
+            col(ConsensusResult.kind).in_(list(KIND_PREFERENCE)),
+        )
+        .order_by(col(ConsensusResult.roi_id), col(ConsensusResult.slice_index), col(ConsensusResult.id))
+    )
+    return [(c, r, v, s) for c, r, v, s in session.exec(statement).all()]
+
+
+def unsettled_slices(current: Sequence[Row], settled: Sequence[Row]) -> int:
+    """Slices with a current consensus (of either kind, with a mask) but no settled one."""
+    done = {(row[0].roi_id, row[0].slice_index) for row in settled}
+    return len({(row[0].roi_id, row[0].slice_index) for row in current} - done)
+
+
+def current_consensus(session: Session) -> list[Row]:
     """Current volunteer and corrected consensus rows with a mask, joined to ROI, volume, subject."""
     statement = (
         select(ConsensusResult, Roi, Volume, Subject)
@@ -154,7 +216,7 @@ def require_trainable(snapshot: TrainingSnapshot) -> None:
     counts = snapshot.counts
     skipped = "; skipped: " + ", ".join(f"{n} {why}" for why, n in snapshot.skipped.items()) if snapshot.skipped else ""
     if not any(counts.values()):
-        raise TrainingSetError(f"nothing to train on: no current consensus with a usable mask{skipped}")
+        raise TrainingSetError(f"nothing to train on: no settled consensus with a usable mask{skipped}")
     if counts.get(DataSplit.TRAIN.value, 0) == 0:
         raise TrainingSetError(f"no consensus slice in a training ROI (set roi.split = 'train'){skipped}")
     if counts.get(DataSplit.VALIDATION.value, 0) == 0:
@@ -183,16 +245,19 @@ def parse_crop(text: str) -> CropXYWH:
     return parts[0], parts[1], parts[2], parts[3]
 
 
-def _preferred(
-    rows: Sequence[tuple[ConsensusResult, Roi, Volume, Subject | None]],
-) -> list[tuple[ConsensusResult, Roi, Volume, Subject | None]]:
-    """One row per (ROI, slice): corrected before volunteer consensus."""
-    best: dict[tuple[int, int], tuple[ConsensusResult, Roi, Volume, Subject | None]] = {}
+def _preferred(rows: Sequence[Row]) -> list[Row]:
+    """One row per (ROI, slice): corrected before volunteer consensus, then the newest."""
+    best: dict[tuple[int, int], Row] = {}
     for row in rows:
         key = (row[0].roi_id, row[0].slice_index)
-        if key not in best or KIND_PREFERENCE[row[0].kind] < KIND_PREFERENCE[best[key][0].kind]:
+        if key not in best or _rank(row) < _rank(best[key]):
             best[key] = row
     return list(best.values())
+
+
+def _rank(row: Row) -> tuple[int, int]:
+    consensus = row[0]
+    return KIND_PREFERENCE[consensus.kind], -(consensus.id or 0)
 
 
 def _subjects_with_crop(session: Session) -> dict[int, Subject]:

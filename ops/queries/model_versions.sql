@@ -1,7 +1,10 @@
 -- title: Model versions
--- description: Model versions, newest first, with their test-split figures against the volunteer
--- description: consensus and against ground truth (F-measure, average Hausdorff distance in nm), and
--- description: the mean Dice between their predictions and the volunteers' corrections of them.
+-- description: Model versions, newest first, with their Table 1 figures as the worker scored them: whole
+-- description: ROIs predicted as the loop deploys them (TAP with its rule and clean-up), at the source
+-- description: resolution. Validation against consensus (what promotion compares); test against the
+-- description: consensus and against ground truth (F-measure, average Hausdorff distance in nm), with
+-- description: the test consensus' own F-measure against the truth (the ceiling of a model trained on
+-- description: it); and the mean Dice between their predictions and the volunteers' corrections of them.
 SELECT
     mv.version AS version,
     mv.preset AS preset,
@@ -10,22 +13,35 @@ SELECT
     mv.promoted_at AS promoted_at,
     mv.created_at AS created_at,
     mv.training_run_id AS training_run_id,
+    mm.validation_f_measure AS validation_f_measure,
+    mm.validation_ahd_nm AS validation_ahd_nm,
     mm.f_measure_consensus AS f_measure_consensus,
     mm.f_measure_truth AS f_measure_truth,
     mm.ahd_nm_consensus AS ahd_nm_consensus,
     mm.ahd_nm_truth AS ahd_nm_truth,
+    mm.consensus_f_measure_truth AS consensus_f_measure_truth,
     cd.mean_correction_dice AS mean_correction_dice,
     COALESCE(cd.corrected_slices, 0) AS corrected_slices
 FROM model_version AS mv
 LEFT JOIN (
     SELECT
         m.model_version_id AS model_version_id,
-        MAX(CASE WHEN m.name = 'f_measure' AND m.reference = 'consensus' THEN m.value END) AS f_measure_consensus,
-        MAX(CASE WHEN m.name = 'f_measure' AND m.reference = 'truth' THEN m.value END) AS f_measure_truth,
-        MAX(CASE WHEN m.name = 'ahd_nm' AND m.reference = 'consensus' THEN m.value END) AS ahd_nm_consensus,
-        MAX(CASE WHEN m.name = 'ahd_nm' AND m.reference = 'truth' THEN m.value END) AS ahd_nm_truth
+        MAX(CASE WHEN m.split = 'validation' AND m.name = 'f_measure' AND m.reference = 'consensus'
+            THEN m.value END) AS validation_f_measure,
+        MAX(CASE WHEN m.split = 'validation' AND m.name = 'ahd_nm' AND m.reference = 'consensus'
+            THEN m.value END) AS validation_ahd_nm,
+        MAX(CASE WHEN m.split = 'test' AND m.name = 'f_measure' AND m.reference = 'consensus'
+            THEN m.value END) AS f_measure_consensus,
+        MAX(CASE WHEN m.split = 'test' AND m.name = 'f_measure' AND m.reference = 'truth'
+            THEN m.value END) AS f_measure_truth,
+        MAX(CASE WHEN m.split = 'test' AND m.name = 'ahd_nm' AND m.reference = 'consensus'
+            THEN m.value END) AS ahd_nm_consensus,
+        MAX(CASE WHEN m.split = 'test' AND m.name = 'ahd_nm' AND m.reference = 'truth'
+            THEN m.value END) AS ahd_nm_truth,
+        MAX(CASE WHEN m.split = 'test' AND m.name = 'consensus_f_measure' AND m.reference = 'truth'
+            THEN m.value END) AS consensus_f_measure_truth
     FROM model_metric AS m
-    WHERE m.split = 'test'
+    WHERE m.split IN ('validation', 'test')
     GROUP BY m.model_version_id
 ) AS mm ON mm.model_version_id = mv.id
 LEFT JOIN (

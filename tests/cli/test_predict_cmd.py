@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from sqlmodel import Session
 from typer.testing import CliRunner
 
@@ -18,6 +19,8 @@ from etchacell_loop.imaging.synth_volume import SynthSpec, generate_volume
 from etchacell_loop.imaging.volume import open_label, open_volume
 from etchacell_loop.model import registry
 from etchacell_loop.model.presets import get_preset
+from etchacell_loop.model.tap import DEFAULT_MIN_COMPONENT_VOXELS
+from tests.model.envelope_truth import TruthRoi, f_measure, write_truth_roi
 
 keras = pytest.importorskip("keras")
 
@@ -76,6 +79,80 @@ def test_predict_writes_an_roi_that_the_reader_opens_and_evaluate_scores_it(
     as_json = runner.invoke(app, ["evaluate", str(out), str(out), "--json", "--name", "self"])
     figures = json.loads(as_json.stdout)
     assert figures["name"] == "self" and figures["f_measure"] == 1.0 and figures["ahd_px"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def perfect_artefact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Keras model that returns what it is shown: each slice (a channel) through its own
+    steep sigmoid around one half, so an image that is the truth (0 or 1 once normalised) is
+    predicted as the truth."""
+    from etchacell_loop.model.keras_io import save_model
+
+    patch = (8, 32, 32)
+    preset = replace(get_preset("small"), name="perfect", patch_zyx=patch, depth=2, start_filters=4)
+    gain = 20.0
+    model = keras.Sequential(
+        [
+            keras.Input((patch[1], patch[2], patch[0])),
+            keras.layers.Conv2D(patch[0], 1, activation="sigmoid"),
+        ]
+    )
+    model.layers[-1].set_weights(
+        [gain * np.eye(patch[0], dtype=np.float32)[np.newaxis, np.newaxis], np.full(patch[0], -gain / 2, np.float32)]
+    )
+    return save_model(model, preset, tmp_path_factory.mktemp("perfect") / "perfect.keras")
+
+
+@pytest.fixture(scope="module")
+def truth_roi(tmp_path_factory: pytest.TempPathFactory) -> TruthRoi:
+    return write_truth_roi(tmp_path_factory.mktemp("truth-roi"))
+
+
+def _envelope(path: Path) -> np.ndarray:
+    with open_label(path, "envelope") as envelope:
+        z, y, x = envelope.shape_zyx
+        return np.stack([envelope.read(k, slice(0, y), slice(0, x)) for k in range(z)]).astype(bool)
+
+
+def _tap_attrs(path: Path) -> dict[str, object]:
+    attrs = zarr.open_group(path, mode="r").attrs["etchacell"]
+    assert isinstance(attrs, dict)
+    tap = attrs["tap"]
+    assert isinstance(tap, dict)
+    return tap
+
+
+def test_predict_with_its_defaults_keeps_a_true_envelope(
+    perfect_artefact: Path, truth_roi: TruthRoi, tmp_path: Path
+) -> None:
+    out = tmp_path / "pred.zarr"
+    args = ["predict", str(truth_roi.path), "--model", str(perfect_artefact), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--roi", truth_roi.roi.name, "--chunk", "32,48,48"])  # chunks < the ROI
+    assert result.exit_code == 0, result.output
+    assert "in 1 piece(s)" in result.stdout
+    recorded = {
+        key: value for key, value in _tap_attrs(out).items() if key in ("rule", "min_component_voxels", "keep_largest")
+    }
+    assert recorded == {"rule": "all", "min_component_voxels": DEFAULT_MIN_COMPONENT_VOXELS, "keep_largest": True}
+    assert f_measure(_envelope(out), truth_roi.truth) >= 0.99
+
+
+def test_keep_largest_is_on_for_an_roi_and_off_for_the_whole_volume_unless_told(
+    artefact: Path, volume: Path, tmp_path: Path
+) -> None:
+    base = ["predict", str(volume), "--model", str(artefact), "--min-component-voxels", "0", "--chunk", "4,16,16"]
+    for name, extra, expected in (
+        ("roi", ["--roi", "cell01"], True),
+        ("roi-all-pieces", ["--roi", "cell01", "--no-keep-largest"], False),
+        ("whole", [], False),
+        ("whole-largest", ["--keep-largest"], True),
+    ):
+        out = tmp_path / f"{name}.zarr"
+        result = runner.invoke(app, [*base, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        assert _tap_attrs(out)["keep_largest"] is expected, name
+    shown = runner.invoke(app, ["predict", "--help"])
+    assert "--no-keep-largest" in shown.stdout and "on with --roi, off for the whole volume" in shown.stdout
 
 
 def test_predict_by_version_name_from_the_database(

@@ -98,10 +98,13 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "promoted_at",
         "created_at",
         "training_run_id",
+        "validation_f_measure",
+        "validation_ahd_nm",
         "f_measure_consensus",
         "f_measure_truth",
         "ahd_nm_consensus",
         "ahd_nm_truth",
+        "consensus_f_measure_truth",
         "mean_correction_dice",
         "corrected_slices",
     ),
@@ -529,11 +532,16 @@ def build_world(session: Session, now: datetime) -> World:
             (test, truth, "f_measure"): 0.78,
             (test, consensus, "ahd_nm"): 42.0,
             (test, truth, "ahd_nm"): 55.5,
-            (validation, consensus, "f_measure"): 0.95,  # another split: not in the pivot
-            (train, truth, "ahd_nm"): 12.0,
+            (validation, consensus, "f_measure"): 0.95,
+            (validation, consensus, "ahd_nm"): 20.5,
+            (test, truth, "consensus_f_measure"): 0.91,
+            (train, truth, "ahd_nm"): 12.0,  # another split: not in the pivot
             (test, consensus, "dice"): 0.9,  # another metric: not in the pivot
         },
-        "v2": {(test, consensus, "f_measure"): 0.86, (validation, truth, "ahd_nm"): 30.0},
+        "v2": {
+            (test, consensus, "f_measure"): 0.86,
+            (validation, truth, "ahd_nm"): 30.0,
+        },  # validation vs truth: not shown
         "v0": {},
     }
     v1 = add_model_version(session, "v1", ago(days=2), tr1, metrics=world.metrics["v1"])
@@ -854,8 +862,11 @@ def test_model_versions(migrated_engine: Engine, world: World) -> None:
     assert [r["version"] for r in rows] == [m.version for m in ordered] == ["v2", "v1", "v0"]
     for row, model in zip(rows, ordered, strict=True):
         metrics = world.metrics[model.version]
-        test = DataSplit.TEST
+        test, validation = DataSplit.TEST, DataSplit.VALIDATION
         expected_metrics = {
+            "validation_f_measure": metrics.get((validation, MetricReference.CONSENSUS, "f_measure")),
+            "validation_ahd_nm": metrics.get((validation, MetricReference.CONSENSUS, "ahd_nm")),
+            "consensus_f_measure_truth": metrics.get((test, MetricReference.TRUTH, "consensus_f_measure")),
             "f_measure_consensus": metrics.get((test, MetricReference.CONSENSUS, "f_measure")),
             "f_measure_truth": metrics.get((test, MetricReference.TRUTH, "f_measure")),
             "ahd_nm_consensus": metrics.get((test, MetricReference.CONSENSUS, "ahd_nm")),
@@ -877,6 +888,8 @@ def test_model_versions(migrated_engine: Engine, world: World) -> None:
     v1 = rows[1]
     assert (v1["f_measure_consensus"], v1["f_measure_truth"]) == (pytest.approx(0.81), pytest.approx(0.78))
     assert (v1["ahd_nm_consensus"], v1["ahd_nm_truth"]) == (pytest.approx(42.0), pytest.approx(55.5))
+    assert (v1["validation_f_measure"], v1["consensus_f_measure_truth"]) == (pytest.approx(0.95), pytest.approx(0.91))
+    assert rows[0]["validation_ahd_nm"] is None  # v2 has a validation AHD against the truth only
     assert v1["mean_correction_dice"] == pytest.approx(0.85)
     assert rows[0]["mean_correction_dice"] == pytest.approx(0.6)
 

@@ -119,7 +119,7 @@ def run_queued_batch(world: World) -> PredictionBatch:
     factory = world.sessions()
     with factory() as session:
         queued = session.exec(select(PredictionBatch)).all()
-        assert [b.params for b in queued] == [{"keep_largest": False, "min_component_voxels": 0}]
+        assert [b.params for b in queued] == [{"keep_largest": True, "min_component_voxels": 0}]
         lease = batches.claim_next_batch(session, "w")
         session.commit()
         assert lease is not None

@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 from etchacell_loop.config import Settings, TrainingSettings
 from etchacell_loop.db.models import (
     Event,
+    ModelMetric,
     ModelVersion,
     PredictionBatch,
     Roi,
@@ -351,6 +352,18 @@ def test_the_real_training_job_registers_and_promotes_a_model(migrated_engine: E
         }
         assert used == expected
         assert version.version.endswith(version.data_hash[:8])
-        assert 0.0 <= version.metrics["validation"]["consensus"]["f_measure"] <= 1.0
+        # Scored as deployed: the validation ROI predicted whole with TAP, at the source resolution and on
+        # the model grid, against its consensus and its truth; training's own figures kept beside them.
+        validation = version.metrics["validation"]
+        assert 0.0 <= validation["consensus"]["f_measure"] <= 1.0 and validation["consensus"]["rois"] == 1.0
+        assert {"grid_f_measure", "ahd_nm", "loss", "z_only_f_measure"} <= set(validation["consensus"])
+        assert 0.0 <= validation["truth"]["consensus_f_measure"] <= 1.0
+        assert "test" not in version.metrics  # no test ROI in this training set
+        with_split = {(m.split.value, m.reference.value, m.name) for m in session.exec(select(ModelMetric)).all()}
+        assert ("validation", "consensus", "f_measure") in with_split and (
+            "validation",
+            "truth",
+            "ahd_px",
+        ) in with_split
     finished = read_run(migrated_engine, run_id or 0)
     assert finished.status == RunStatus.SUCCEEDED and finished.progress["epoch"] >= 1

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from etchacell_loop.cria.consensus import envelope_band
 from etchacell_loop.imaging.volume import RoiBox, open_label
 from etchacell_loop.model.data import (
     AugmentParams,
@@ -13,7 +14,7 @@ from etchacell_loop.model.data import (
     TrainingDataError,
     assign_splits,
     augment_pair,
-    envelope_of,
+    envelope_target,
     from_model_layout,
     group_runs,
     load_stacks,
@@ -28,6 +29,8 @@ from etchacell_loop.model.data import (
     training_batch,
     with_splits,
 )
+from etchacell_loop.model.evaluation import upscale_to_source
+from etchacell_loop.model.metrics import evaluate_volumes
 
 from .support import CROP_PX, SCALE, make_volume, tiny_preset, write_labelled_slices
 
@@ -66,15 +69,34 @@ def test_resampled_mask_stays_binary_and_keeps_its_area() -> None:
     assert abs(out.sum() - np.pi * 20**2) / (np.pi * 20**2) < 0.03
 
 
-def test_band_is_the_envelope_width_at_the_model_voxel_size() -> None:
-    area = np.zeros((1, 200, 200), bool)
-    area[0, 40:160, 40:160] = True  # at 10 nm; model voxels of 20 nm: 70 nm → 3.5 → 4 px
-    model_area = resample_area(area[0], (100, 100))[np.newaxis]
-    band = envelope_of(model_area, 70.0 / 20.0)
-    row = band[0, 50]
-    runs = np.flatnonzero(np.diff(np.concatenate([[0], row.astype(int), [0]])))
-    assert (runs[1] - runs[0], runs[3] - runs[2]) == (4, 4)
-    assert row[18:22].all() and row[78:82].all()  # straddling the edges at 20 and 80
+def test_target_is_the_source_band_area_averaged_to_the_model_grid() -> None:
+    # A 120 px square nucleus at 10 nm, shown at 20 nm (scale 2); model voxels of 50 nm (factor 5).
+    mask = np.zeros((100, 100), bool)
+    mask[20:80, 20:80] = True  # source rows and columns 40 .. 159
+    target = envelope_target(mask, (200, 200), 70.0 / 10.0, (40, 40))
+    # The 7 px band at 10 nm spans source rows 37..43 round the top edge (4 inside, 3 outside): model
+    # rows 7 ([35, 40), 3 of 5 in the band) and 8 ([40, 45), 4 of 5); 156..162 at the bottom: 31 and 32.
+    column = target[:, 20]
+    assert np.flatnonzero(column).tolist() == [7, 8, 31, 32]
+    assert target.dtype == np.bool_
+
+
+def test_a_perfect_prediction_of_the_target_scores_high_at_the_source_resolution() -> None:
+    yy, xx = np.mgrid[:400, :400]
+    area = (yy - 200) ** 2 + (xx - 190) ** 2 <= 140**2  # a disc at 10 nm
+    band = envelope_band(area, 7.0)
+    mask = resample_area(area, (200, 200))  # the consensus at 20 nm
+    target = envelope_target(mask, (400, 400), 7.0, (80, 80))
+    scored = evaluate_volumes(
+        upscale_to_source(target, (5, 5), (400, 400))[np.newaxis], band[np.newaxis], pixel_size_nm=10.0
+    )
+    # The band drawn at 50 nm (1 px inside the outline) reached F 0.73 here; the target's ceiling is higher.
+    assert scored.f_measure > 0.8 and scored.ahd_px < 0.5
+    inner = envelope_band(resample_area(area, (80, 80)), 70.0 / 50.0)
+    old = evaluate_volumes(
+        upscale_to_source(inner, (5, 5), (400, 400))[np.newaxis], band[np.newaxis], pixel_size_nm=10.0
+    )
+    assert old.f_measure < scored.f_measure - 0.05
 
 
 def test_other_z_sizes_take_the_nearest_slice() -> None:

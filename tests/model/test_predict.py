@@ -1,5 +1,6 @@
-"""Whole-volume prediction: chunked runs equal the in-memory TAP, components are judged whole,
-and the OME-Zarr written is one the volume reader opens."""
+"""Whole-volume prediction: chunked runs equal the in-memory TAP, components are judged whole
+(joined across chunk borders through faces, edges and corners alike), the default post-processing
+keeps a true envelope, and the OME-Zarr written is one the volume reader opens."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from etchacell_loop.imaging.omezarr import downsample_2x
 from etchacell_loop.imaging.volume import RoiBox, open_label, open_volume
 from etchacell_loop.model.data import normalise_intensity
 from etchacell_loop.model.predict import (
+    HIGH_PERCENTILE,
     PredictError,
     chunk_boxes,
     kept_labels,
@@ -24,8 +26,18 @@ from etchacell_loop.model.predict import (
     resampling_factors,
 )
 from etchacell_loop.model.presets import ModelPreset, get_preset
-from etchacell_loop.model.tap import TapParams, TapResult, tri_axis_predict
+from etchacell_loop.model.tap import (
+    COMPONENT_CONNECTIVITY,
+    DEFAULT_MIN_COMPONENT_VOXELS,
+    TAP_RULES,
+    TapParams,
+    TapResult,
+    TapRule,
+    remove_small_components,
+    tri_axis_predict,
+)
 from tests.imaging.support import write_imagej_tiff, write_ome_zarr
+from tests.model.envelope_truth import PAPER_MIN_COMPONENT_VOXELS, TruthRoi, f_measure, write_truth_roi
 
 PATCH = (4, 8, 8)
 
@@ -57,6 +69,17 @@ def shell_volume(shape_zyx: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     return volume.astype(np.uint8)
 
 
+def perfect_fn(batch: np.ndarray) -> np.ndarray:
+    """A perfect model of an image that is the truth: envelope exactly where it is shown."""
+    return (batch >= 0.5).astype(np.float32)
+
+
+def read_envelope(path: Path) -> np.ndarray:
+    with open_label(path, "envelope") as envelope:
+        z, y, x = envelope.shape_zyx
+        return np.stack([envelope.read(k, slice(0, y), slice(0, x)) for k in range(z)]).astype(bool)
+
+
 def expected_tap(source: np.ndarray, factor_yx: int, params: TapParams) -> TapResult:
     """The in-memory reference: area-average y, x, normalise the region, TAP."""
     z, y, x = source.shape
@@ -82,7 +105,7 @@ def test_chunked_prediction_equals_the_in_memory_tap(tmp_path: Path) -> None:
         int(voted[tuple(slice(a, b) for a, b in zip(s, e, strict=True))].sum())
         for s, e in chunk_boxes(voted.shape, chunk)
     )
-    labels, _ = ndimage.label(voted, structure=ndimage.generate_binary_structure(3, 1))
+    labels, _ = ndimage.label(voted, structure=COMPONENT_CONNECTIVITY)
     sizes = np.bincount(labels.ravel())[1:]
     assert sizes.max() > biggest_piece + 1 and (sizes < biggest_piece + 1).any()
     params = replace(params, min_component_voxels=biggest_piece + 1)
@@ -120,7 +143,7 @@ def test_keep_largest_keeps_one_component_spanning_chunks(tmp_path: Path) -> Non
     )
     assert np.array_equal(written.astype(bool), reference.envelope)
     assert report.n_components_kept == 1
-    _, n = ndimage.label(written, structure=ndimage.generate_binary_structure(3, 1))
+    _, n = ndimage.label(written, structure=COMPONENT_CONNECTIVITY)
     assert n == 1
 
 
@@ -134,6 +157,50 @@ def test_labels_touching_across_borders_merge_before_the_size_test() -> None:
     assert keep.tolist() == [False, True, True, True] and n == 2
     keep, n = kept_labels(sizes, pairs, 0, keep_largest=True)
     assert keep.tolist() == [False, True, True, False] and n == 1
+
+
+# Two 3 x 3 x 3 cubes meeting only along an edge or at a corner, each in its own 8^3 chunk of a
+# 16^3 volume: (first cube's corner, second cube's corner), named by the chunk borders between them.
+DIAGONAL_CROSSINGS = {
+    "y": ((2, 5, 2), (2, 8, 5)),  # across the y border, joined along an edge running in z
+    "x": ((2, 2, 5), (2, 5, 8)),  # across the x border
+    "z": ((5, 2, 2), (8, 5, 2)),  # across the z border
+    "yx edge": ((2, 5, 5), (2, 8, 8)),  # across the y and x borders, along the z edge where they meet
+    "corner": ((5, 5, 5), (8, 8, 8)),  # through the chunk corner: one voxel touches one voxel
+}
+SMALL_CHUNK = (8, 8, 8)
+
+
+def two_cubes(first: tuple[int, int, int], second: tuple[int, int, int]) -> np.ndarray:
+    mask = np.zeros((16, 16, 16), dtype=bool)
+    for z, y, x in (first, second):
+        mask[z : z + 3, y : y + 3, x : x + 3] = True
+    return mask
+
+
+def _box(start: tuple[int, int, int], stop: tuple[int, int, int]) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+
+
+@pytest.mark.parametrize("crossing", DIAGONAL_CROSSINGS)
+def test_pieces_joined_only_diagonally_across_a_chunk_border_are_one_component(tmp_path: Path, crossing: str) -> None:
+    pair = two_cubes(*DIAGONAL_CROSSINGS[crossing])
+    assert ndimage.label(pair, structure=ndimage.generate_binary_structure(3, 1))[1] == 2  # no face in common
+    pieces = [int(pair[_box(start, stop)].sum()) for start, stop in chunk_boxes(pair.shape, SMALL_CHUNK)]
+    assert sorted(pieces)[-2:] == [27, 27]  # one cube per chunk: they join across a border
+    volume = pair.copy()
+    volume[12:16, 12:16, 0:3] = True  # a separate 48-voxel block: above either cube, below the pair
+    source = write_ome_zarr(tmp_path / "cubes.zarr", np.where(volume, 255, 0).astype(np.uint8), scale=(50.0,) * 3)
+    for name, params in (
+        ("minimum", TapParams(patch_zyx=PATCH, min_component_voxels=50)),
+        ("largest", TapParams(patch_zyx=PATCH, min_component_voxels=0, keep_largest=True)),
+    ):
+        in_memory = tri_axis_predict(volume.astype(np.float32), perfect_fn, params).envelope
+        out = tmp_path / f"{name}.zarr"
+        with open_volume(source) as opened:
+            predict_volume(opened, perfect_fn, patch_preset(), out, params=params, chunk_zyx=SMALL_CHUNK)
+        assert np.array_equal(in_memory, pair), name  # the pair (54 voxels) is one component
+        assert np.array_equal(read_envelope(out), in_memory), name
 
 
 def test_an_roi_is_predicted_alone_and_says_where_it_lies(tmp_path: Path) -> None:
@@ -208,3 +275,64 @@ def test_a_tiny_keras_model_predicts_a_volume_end_to_end(tmp_path: Path) -> None
     # Batches are composed differently chunk by chunk; the model's arithmetic may differ in the last bit.
     assert np.abs(image.astype(int) - np.rint(reference.probability * 255).astype(int)).max() <= 1
     assert 0 < image.max() <= 255
+
+
+# --- the default post-processing on a true envelope -----------------------------------------------
+
+PERFECT_PATCH = (8, 32, 32)
+CHUNK_IN_ROI = (32, 48, 48)  # smaller than the ROI's model grid, (58, 116, 115): 2 x 3 x 3 chunks
+
+
+@pytest.fixture(scope="module")
+def truth_roi(tmp_path_factory: pytest.TempPathFactory) -> TruthRoi:
+    return write_truth_roi(tmp_path_factory.mktemp("truth-roi"))
+
+
+def test_the_truth_roi_is_a_fair_test(truth_roi: TruthRoi) -> None:
+    """Its envelope (one cell's: the volume has one) is larger than the paper's minimum component,
+    and covers more than 1% of the ROI, so the intensity window (1st to 99th percentile) maps it to 1
+    and the rest to 0: the perfect model sees the truth."""
+    truth = truth_roi.truth
+    assert truth.sum() > PAPER_MIN_COMPONENT_VOXELS == DEFAULT_MIN_COMPONENT_VOXELS
+    assert truth.mean() > 1 - HIGH_PERCENTILE / 100
+
+
+@pytest.mark.parametrize("rule", TAP_RULES)
+def test_the_default_post_processing_keeps_a_true_envelope(truth_roi: TruthRoi, tmp_path: Path, rule: TapRule) -> None:
+    truth = truth_roi.truth
+    params = TapParams(patch_zyx=PERFECT_PATCH, rule=rule, keep_largest=True)  # as for an ROI; the paper's minimum
+    with open_volume(truth_roi.path) as volume:
+        report = predict_volume(
+            volume, perfect_fn, patch_preset(PERFECT_PATCH), tmp_path / "p.zarr", params=params, roi=truth_roi.roi,
+            chunk_zyx=CHUNK_IN_ROI,
+        )  # fmt: skip
+    envelope = read_envelope(tmp_path / "p.zarr")
+    assert report.grid.shape_zyx == truth.shape and report.n_chunks == 18
+    assert report.voted_voxels == int(truth.sum())  # every axis predicts the truth, so every rule votes it
+    assert f_measure(envelope, truth) >= 0.99
+    assert report.n_components_kept == 1
+    assert np.array_equal(envelope, remove_small_components(truth, DEFAULT_MIN_COMPONENT_VOXELS, keep_largest=True))
+
+
+def two_slabs() -> np.ndarray:
+    """Two separate blocks over the paper's minimum: 12,800 and 11,200 voxels."""
+    mask = np.zeros((24, 64, 96), dtype=bool)
+    mask[4:14, 8:40, 4:44] = True
+    mask[4:14, 8:40, 56:91] = True
+    return mask
+
+
+def test_without_parameters_an_roi_keeps_its_largest_piece_and_a_whole_volume_every_large_one(tmp_path: Path) -> None:
+    mask = two_slabs()
+    source = write_ome_zarr(tmp_path / "slabs.zarr", np.where(mask, 255, 0).astype(np.uint8), scale=(50.0,) * 3)
+    everything = RoiBox("all", x=0, y=0, z=0, width=96, height=64, depth=24)
+    preset = patch_preset(PERFECT_PATCH)
+    with open_volume(source) as volume:
+        whole = predict_volume(volume, perfect_fn, preset, tmp_path / "whole.zarr", chunk_zyx=(16, 32, 32))
+        roi = predict_volume(volume, perfect_fn, preset, tmp_path / "roi.zarr", roi=everything, chunk_zyx=(16, 32, 32))
+    assert (whole.n_components_kept, whole.envelope_voxels) == (2, int(mask.sum()))
+    assert (roi.n_components_kept, roi.envelope_voxels) == (1, 12_800)
+    for name, keep_largest in (("whole", False), ("roi", True)):
+        extras: Any = zarr.open_group(tmp_path / f"{name}.zarr", mode="r").attrs["etchacell"]
+        tap = extras["tap"]
+        assert tap["keep_largest"] is keep_largest and tap["min_component_voxels"] == DEFAULT_MIN_COMPONENT_VOXELS

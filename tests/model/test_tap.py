@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from etchacell_loop.model.tap import (
+    COMPONENT_CONNECTIVITY,
     TapError,
     TapParams,
     agreement_counts,
@@ -114,12 +115,33 @@ def test_small_components_go_and_large_ones_stay() -> None:
     assert remove_small_components(mask, 0, keep_largest=True).sum() == 20
 
 
-def test_components_touching_only_at_a_corner_are_separate() -> None:
-    mask = np.zeros((4, 4, 4), dtype=bool)
-    mask[0:2, 0:2, 0:2] = True  # 8 voxels
-    mask[2:4, 2:4, 2:4] = True  # 8 more, meeting the first at one corner only
-    assert remove_small_components(mask, 9).sum() == 0
-    assert remove_small_components(mask, 8).sum() == 16
+def test_components_touching_only_at_an_edge_or_a_corner_are_one() -> None:
+    corner = np.zeros((4, 4, 4), dtype=bool)
+    corner[0:2, 0:2, 0:2] = True  # 8 voxels
+    corner[2:4, 2:4, 2:4] = True  # 8 more, meeting the first at one corner only
+    edge = np.zeros((2, 4, 4), dtype=bool)
+    edge[:, 0:2, 0:2] = True
+    edge[:, 2:4, 2:4] = True  # meeting the first along an edge only
+    for mask in (corner, edge):
+        assert remove_small_components(mask, 16).sum() == 16
+        assert remove_small_components(mask, 17).sum() == 0
+
+
+def test_a_band_one_voxel_wide_joined_diagonally_is_one_component() -> None:
+    # A 70 nm envelope at 50 nm voxels: each voxel meets the next only at a corner or along an edge.
+    mask = np.zeros((30, 30, 60), dtype=bool)
+    steps = np.arange(30)
+    mask[steps, steps, steps] = True  # corner to corner, up to (29, 29, 29)
+    mask[29 - steps, 29, 29 + steps] = True  # and on from there edge to edge, back down in z
+    speck = np.zeros_like(mask)
+    speck[20:22, 2:4, 40:42] = True  # 8 voxels on their own
+    kept = remove_small_components(mask | speck, 30, keep_largest=True)
+    assert np.array_equal(kept, mask) and mask.sum() == 59
+    assert COMPONENT_CONNECTIVITY.sum() == 27  # the centre and its 26 neighbours
+
+
+def test_keep_largest_is_off_unless_the_caller_says_the_volume_is_one_roi() -> None:
+    assert TapParams(patch_zyx=(4, 8, 8)).keep_largest is False
 
 
 def test_bad_parameters_are_refused_in_one_line() -> None:

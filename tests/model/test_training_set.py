@@ -1,7 +1,9 @@
-"""Training sets from real database rows and real mask files: records, snapshot, hash, refusals."""
+"""Training sets from real database rows and real mask files: settled consensus only, records,
+snapshot, hash, refusals."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,24 @@ from PIL import Image
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from etchacell_loop.db.models import ConsensusKind, DataSplit, Roi
+from etchacell_loop.config import RetirementSettings, Settings
+from etchacell_loop.db.models import (
+    Classification,
+    ClassificationSource,
+    ConsensusKind,
+    ConsensusResult,
+    DataSplit,
+    RetirementState,
+    Roi,
+    Subject,
+    WorkflowRole,
+)
+from etchacell_loop.loop.retire_job import record_decision, run_retire
 from etchacell_loop.model.training_set import TrainingSetError, build_training_set
+from etchacell_loop.retirement import FixedCount, Update
+from tests.factories import add_project, add_workflow
 from tests.model.training_rows import add_consensus, add_volume
+from tests.panoptes.support import session_factory
 
 CROP = (100, 120, 64, 48)
 
@@ -59,8 +76,8 @@ def populated(migrated_engine: Engine, data_dir: Path) -> dict[str, int]:
             "no_mask": add_consensus(session, val, 6, None, crop_xywh=CROP).id,
         }
         _mask(masks / "c5.png", 10)
-        old = add_consensus(session, val, 9, _mask(masks / "old.png", 3), crop_xywh=CROP)
-        old.is_current = False
+        old = add_consensus(session, val, 9, _mask(masks / "old.png", 3), crop_xywh=CROP, settled=False)
+        old.is_current = False  # superseded, never retired on
         session.commit()
     return {name: value for name, value in ids.items() if value is not None}
 
@@ -121,4 +138,131 @@ def test_no_validation_roi_is_refused(migrated_engine: Engine, data_dir: Path) -
         add_consensus(session, train, 4, _mask(data_dir / "n.png", 6), crop_xywh=None, scaling_factor=2.0)
         session.commit()
         with pytest.raises(TrainingSetError, match="no consensus slice in a validation ROI"):
+            build_training_set(session, data_dir)
+
+
+def _classified(session: Session, workflow_id: int, consensus: ConsensusResult, numbers: range) -> None:
+    """Classifications ``numbers`` of the consensus's subject, the newest what the consensus accounts for."""
+    subject = session.get(Subject, consensus.subject_id)
+    assert subject is not None and subject.id is not None
+    for number in numbers:
+        panoptes_id = 1000 * subject.id + number
+        session.add(
+            Classification(
+                panoptes_id=panoptes_id, workflow_id=workflow_id, subject_panoptes_id=0, subject_id=subject.id,
+                volunteer_key=f"user:{panoptes_id}", created_at=datetime(2024, 3, 4, tzinfo=UTC),
+                source=ClassificationSource.API, raw_annotations="[]",
+            )
+        )  # fmt: skip
+        consensus.last_classification_id = panoptes_id
+    session.add(consensus)
+
+
+def _newer_consensus(session: Session, old: ConsensusResult, mask_uri: str) -> ConsensusResult:
+    """A later aggregation of the same slice, as the aggregate job stores it (the old row demoted)."""
+    old.is_current = False
+    session.add(old)
+    session.flush()
+    newer = ConsensusResult(
+        roi_id=old.roi_id, slice_index=old.slice_index, subject_id=old.subject_id, kind=old.kind,
+        n_classifications=old.n_classifications + 1, n_volunteers=old.n_volunteers + 1,
+        last_classification_id=old.last_classification_id + 1, mask_uri=mask_uri,
+    )  # fmt: skip
+    session.add(newer)
+    session.flush()
+    return newer
+
+
+def _consensus(session: Session, row: ConsensusResult) -> ConsensusResult:
+    fresh = session.get(ConsensusResult, row.id)
+    assert fresh is not None
+    return fresh
+
+
+def test_only_consensus_the_retire_job_settled_is_trained_on(migrated_engine: Engine, data_dir: Path) -> None:
+    """The retire job (the paper's rule, here at 3 classifications) settles some slices; the others
+    wait and are counted. A slice whose consensus moved on after its decision (a neighbouring
+    flipbook's marks) trains on the row that was judged."""
+    masks = data_dir / "masks"
+    with Session(migrated_engine) as session:
+        workflow = add_workflow(session, add_project(session), 77, WorkflowRole.SEGMENTATION, "trace")
+        assert workflow.id is not None
+        workflow_id = workflow.id
+        volume = add_volume(session, "hela", "/volumes/hela.zarr")
+        assert volume.id is not None
+        train = _roi(session, volume.id, "cell01", DataSplit.TRAIN)
+        val = _roi(session, volume.id, "cell02", DataSplit.VALIDATION)
+        rows = {
+            name: add_consensus(session, roi, z, _mask(masks / f"{name}.png", 8), crop_xywh=CROP, settled=False)
+            for name, roi, z in (("done", train, 3), ("moved", train, 4), ("waiting", train, 5), ("val", val, 3))
+        }
+        for name, row in rows.items():
+            _classified(session, workflow_id, row, range(2 if name == "waiting" else 3))
+        session.commit()
+        ids = {name: row.id for name, row in rows.items()}
+    settings = Settings(
+        data_dir=data_dir,
+        retirement=RetirementSettings(policy="fixed-count", min_classifications=3, max_classifications=3),
+    )
+    factory = session_factory(migrated_engine)
+    assert run_retire(factory, None, settings).retire_decisions == 3
+    with Session(migrated_engine) as session:
+        newer = _newer_consensus(session, _consensus(session, rows["moved"]), _mask(masks / "later.png", 10))
+        session.commit()
+        training_set = build_training_set(session, data_dir)
+    snapshot = training_set.snapshot
+    assert snapshot.consensus_ids == {"train": (ids["done"], ids["moved"]), "validation": (ids["val"],), "test": ()}
+    assert snapshot.skipped == {"consensus not settled": 1}  # slice 5: 2 of 3 classifications
+    by_id = {s.consensus_id: s for s in training_set.slices}
+    assert newer.id not in by_id and by_id[ids["moved"]].mask_path == str(masks / "moved.png")
+
+    with Session(migrated_engine) as session:  # slice 5's third classification, aggregated, then judged
+        waiting = _consensus(session, rows["waiting"])
+        third = _newer_consensus(session, waiting, _mask(masks / "waiting-3.png", 9))
+        _classified(session, workflow_id, third, range(2, 3))
+        session.commit()
+        third_id = third.id
+    assert run_retire(factory, None, settings).retire_decisions == 1
+    with Session(migrated_engine) as session:
+        grown = build_training_set(session, data_dir).snapshot
+    assert grown.consensus_ids["train"] == (ids["done"], ids["moved"], third_id) and grown.skipped == {}
+    assert grown.data_hash != snapshot.data_hash
+
+
+def test_keep_decisions_reactivated_subjects_and_unsettled_corrections(migrated_engine: Engine, data_dir: Path) -> None:
+    """A KEEP does not settle; a subject made active again is not settled any more; a settled
+    volunteer consensus stands in for a correction of the slice that has not settled yet."""
+    masks = data_dir / "masks"
+    with Session(migrated_engine) as session:
+        volume = add_volume(session, "hela", "/volumes/hela.zarr")
+        assert volume.id is not None
+        train = _roi(session, volume.id, "cell01", DataSplit.TRAIN)
+        val = _roi(session, volume.id, "cell02", DataSplit.VALIDATION)
+        volunteer = add_consensus(session, train, 2, _mask(masks / "v2.png", 8), crop_xywh=CROP)
+        add_consensus(session, train, 2, _mask(masks / "c2.png", 9), crop_xywh=CROP, kind=ConsensusKind.CORRECTED,
+                      settled=False)  # fmt: skip
+        kept = add_consensus(session, train, 3, _mask(masks / "v3.png", 8), crop_xywh=CROP, settled=False)
+        kept_subject = session.get(Subject, kept.subject_id)
+        assert kept_subject is not None
+        record_decision(session, kept_subject, kept, FixedCount(30), [Update(8, None)], "consensus")
+        reactivated = add_consensus(session, train, 4, _mask(masks / "v4.png", 8), crop_xywh=CROP)
+        again = session.get(Subject, reactivated.subject_id)
+        assert again is not None
+        again.retirement_state = RetirementState.ACTIVE  # an operator wants more classifications
+        validation = add_consensus(session, val, 2, _mask(masks / "val2.png", 7), crop_xywh=CROP)
+        session.commit()
+        snapshot = build_training_set(session, data_dir).snapshot
+    assert snapshot.consensus_ids["train"] == (volunteer.id,)
+    assert snapshot.consensus_ids["validation"] == (validation.id,)
+    assert snapshot.skipped == {"consensus not settled": 2}  # slices 3 and 4
+
+
+def test_nothing_settled_is_refused_and_says_why(migrated_engine: Engine, data_dir: Path) -> None:
+    with Session(migrated_engine) as session:
+        volume = add_volume(session, "hela", "/volumes/hela.zarr")
+        assert volume.id is not None
+        train = _roi(session, volume.id, "cell01", DataSplit.TRAIN)
+        add_consensus(session, train, 3, _mask(data_dir / "m.png", 6), crop_xywh=CROP, settled=False)
+        session.commit()
+        with pytest.raises(TrainingSetError, match=r"no settled consensus .*1 consensus not settled"):
             build_training_set(session, data_dir)

@@ -1,5 +1,6 @@
 """Database rows for labelled slices, as the loop leaves them: volume, ROI with its split, the
-slice's subject with its crop metadata, and the current consensus pointing at its mask."""
+slice's subject with its crop metadata, the current consensus pointing at its mask, and the
+retirement decision that settled it (the retire job's own ``record_decision`` at the fixed limit)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,19 @@ from collections.abc import Sequence
 
 from sqlmodel import Session, select
 
-from etchacell_loop.db.models import ConsensusKind, ConsensusResult, DataSplit, Roi, Subject, Volume
+from etchacell_loop.db.models import (
+    ConsensusKind,
+    ConsensusResult,
+    DataSplit,
+    DecisionOutcome,
+    Roi,
+    Subject,
+    SubjectKind,
+    Volume,
+)
+from etchacell_loop.loop.retire_job import record_decision
 from etchacell_loop.model.data import LabelledSlice
+from etchacell_loop.retirement import FixedCount, Update
 from etchacell_loop.subject_metadata import CROP_XYWH_KEY, SCALING_KEY
 
 
@@ -31,15 +43,18 @@ def add_consensus(
     crop_xywh: tuple[int, int, int, int] | None,
     scaling_factor: float = 2.0,
     kind: ConsensusKind = ConsensusKind.VOLUNTEER,
+    settled: bool = True,
 ) -> ConsensusResult:
-    """A subject for slice ``z`` (with crop metadata unless ``crop_xywh`` is None) and its consensus."""
+    """A subject for slice ``z`` (with crop metadata unless ``crop_xywh`` is None; a correction
+    subject for corrected consensus) and its consensus, settled unless ``settled`` is False."""
     assert roi.id is not None
     metadata = {SCALING_KEY: f"{scaling_factor:g}"}
     if crop_xywh is not None:
         metadata[CROP_XYWH_KEY] = ",".join(str(v) for v in crop_xywh)
+    subject_kind = SubjectKind.PREDICTION if kind is ConsensusKind.CORRECTED else SubjectKind.RAW
     subject = Subject(
         upload_key=f"{roi.name}/z{z:04d}/{kind.value}", roi_id=roi.id, slice_index=z, frames=[z], target_frame=0,
-        panoptes_metadata=metadata,
+        kind=subject_kind, panoptes_metadata=metadata,
     )  # fmt: skip
     session.add(subject)
     session.flush()
@@ -49,7 +64,17 @@ def add_consensus(
     )  # fmt: skip
     session.add(consensus)
     session.flush()
+    if settled:
+        settle(session, subject, consensus)
     return consensus
+
+
+def settle(session: Session, subject: Subject, consensus: ConsensusResult) -> None:
+    """The retire job's decision at the paper's fixed limit, reached by the consensus's classifications."""
+    limit = consensus.n_classifications
+    decision = record_decision(session, subject, consensus, FixedCount(limit), [Update(limit, None)], "consensus")
+    assert decision.outcome == DecisionOutcome.RETIRE
+    session.flush()
 
 
 def rows_for(session: Session, records: Sequence[LabelledSlice], volume_name: str) -> dict[int, int]:
