@@ -84,7 +84,7 @@ def predict(
                 )  # fmt: skip
         except (PredictError, TapError, VolumeError, FileExistsError) as exc:
             raise CommandError(str(exc)) from None
-    _print_prediction(report)
+    _print_prediction(report, min_component_voxels)
 
 
 @operator_errors
@@ -216,7 +216,7 @@ def _rule(name: str) -> TapRule:
     return "majority" if name == "majority" else "any" if name == "any" else "all"
 
 
-def _print_prediction(report: VolumePrediction) -> None:
+def _print_prediction(report: VolumePrediction, min_component_voxels: int) -> None:
     grid = report.grid
     shape = " x ".join(map(str, grid.shape_zyx))
     voxel = " x ".join(f"{v:g}" for v in grid.voxel_size_nm)
@@ -225,6 +225,11 @@ def _print_prediction(report: VolumePrediction) -> None:
         f"envelope: {report.envelope_voxels} voxels in {report.n_components_kept} piece(s) "
         f"({report.voted_voxels} before removing small pieces)"
     )
+    if report.envelope_voxels == 0 and report.voted_voxels > 0:
+        console.print(
+            f"[yellow]every piece was smaller than --min-component-voxels {min_component_voxels} (the paper's "
+            "minimum for ROIs of 400 x 400 x 150 voxels); a smaller region needs a smaller minimum[/]"
+        )
     worst = max(report.uncertainty, default=0.0)
     console.print(f"axes' disagreement per slice: mean {_mean(report.uncertainty):.3f}, worst {worst:.3f}")
     console.print(f"wrote {report.out} in {report.seconds:.1f} s ({report.n_chunks} chunks)")

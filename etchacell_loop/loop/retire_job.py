@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 from numpy.typing import NDArray
-from PIL import Image
 from sqlmodel import Session, col, select
 
 from etchacell_loop.config import Settings
@@ -59,6 +58,7 @@ from etchacell_loop.db.models import (
     Workflow,
 )
 from etchacell_loop.db.types import utcnow
+from etchacell_loop.model.data import TrainingDataError, read_mask
 from etchacell_loop.panoptes.errors import PanoptesAuthError, PanoptesError, PanoptesUnavailable, one_line
 from etchacell_loop.panoptes.gateway import BATCH_SIZE, PanoptesGateway
 from etchacell_loop.retirement import StoppingRule, Update, stopping_rule
@@ -304,13 +304,10 @@ def read_consensus_mask(consensus: ConsensusResult, data_dir: Path) -> NDArray[n
     """The consensus's area mask (PNG, 0 outside, 255 nucleus) as a bool array."""
     if not consensus.mask_uri:
         raise MaskUnreadable(f"consensus {consensus.id} has no mask")
-    path = resolve_uri(consensus.mask_uri, data_dir)
     try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("L"))
-    except (OSError, ValueError) as exc:
+        return read_mask(resolve_uri(consensus.mask_uri, data_dir))
+    except TrainingDataError as exc:
         raise MaskUnreadable(f"mask of consensus {consensus.id} unreadable: {one_line(str(exc))}") from None
-    return np.asarray(pixels > 127)
 
 
 def update_of(decision: RetirementDecision) -> Update:

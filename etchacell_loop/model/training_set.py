@@ -173,13 +173,19 @@ def settled_consensus(session: Session) -> list[Row]:
         col(judged.slice_index) == col(ConsensusResult.slice_index),
         own_kind,
     )
+    return consensus_rows(session, retired_on_it)
+
+
+def consensus_rows(session: Session, condition: sa.ColumnElement[bool]) -> list[Row]:
+    """Volunteer and corrected consensus rows with a mask that meet ``condition``, joined to ROI,
+    volume and the row's own subject, by ROI, slice and age."""
     statement = (
         select(ConsensusResult, Roi, Volume, Subject)
         .join(Roi, col(ConsensusResult.roi_id) == col(Roi.id))
         .join(Volume, col(Roi.volume_id) == col(Volume.id))
         .outerjoin(Subject, col(ConsensusResult.subject_id) == col(Subject.id))
         .where(
-            retired_on_it,
+            condition,
             col(ConsensusResult.mask_uri).is_not(None),
             col(ConsensusResult.kind).in_(list(KIND_PREFERENCE)),
         )
@@ -196,19 +202,7 @@ def unsettled_slices(current: Sequence[Row], settled: Sequence[Row]) -> int:
 
 def current_consensus(session: Session) -> list[Row]:
     """Current volunteer and corrected consensus rows with a mask, joined to ROI, volume, subject."""
-    statement = (
-        select(ConsensusResult, Roi, Volume, Subject)
-        .join(Roi, col(ConsensusResult.roi_id) == col(Roi.id))
-        .join(Volume, col(Roi.volume_id) == col(Volume.id))
-        .outerjoin(Subject, col(ConsensusResult.subject_id) == col(Subject.id))
-        .where(
-            col(ConsensusResult.is_current).is_(True),
-            col(ConsensusResult.mask_uri).is_not(None),
-            col(ConsensusResult.kind).in_(list(KIND_PREFERENCE)),
-        )
-        .order_by(col(ConsensusResult.roi_id), col(ConsensusResult.slice_index), col(ConsensusResult.id))
-    )
-    return [(c, r, v, s) for c, r, v, s in session.exec(statement).all()]
+    return consensus_rows(session, col(ConsensusResult.is_current).is_(True))
 
 
 def require_trainable(snapshot: TrainingSnapshot) -> None:

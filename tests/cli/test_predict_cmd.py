@@ -135,6 +135,13 @@ def test_predict_with_its_defaults_keeps_a_true_envelope(
     }
     assert recorded == {"rule": "all", "min_component_voxels": DEFAULT_MIN_COMPONENT_VOXELS, "keep_largest": True}
     assert f_measure(_envelope(out), truth_roi.truth) >= 0.99
+    assert "every piece was smaller" not in result.stdout
+    too_big = runner.invoke(
+        app,
+        [*args, "--roi", truth_roi.roi.name, "--overwrite", "--min-component-voxels", str(10 * truth_roi.truth.size)],
+    )
+    assert too_big.exit_code == 0 and "in 0 piece(s)" in too_big.stdout
+    assert "every piece was smaller than --min-component-voxels" in too_big.stdout  # says why it is empty
 
 
 def test_keep_largest_is_on_for_an_roi_and_off_for_the_whole_volume_unless_told(
