@@ -1,5 +1,5 @@
 # etchacell-loop: two commands for a new user, `make demo` and `make test`.
-# Both create .venv and install the project (with the ml and dev extras) when needed.
+# Both create .venv and install the project (with the ml-tf and dev extras) when needed.
 #
 #   make test                 the test suite on SQLite
 #   make test POSTGRES=1      ... and on PostgreSQL too (starts the local cluster, see .ci/postgres.sh)
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[ml,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[ml-tf,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

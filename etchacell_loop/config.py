@@ -142,17 +142,22 @@ class RetirementSettings(_Section):
 
 
 class TrainingSettings(_Section):
-    """When the daemon queues an automatic training run, and what it trains."""
+    """When the daemon queues an automatic training run, what it trains, and how the worker runs it
+    (backend, precision, input workers: see ``model.backend`` and ``model.pipeline``)."""
 
     min_new_consensus_slices: int = Field(default=200, ge=1)
     preset: str = "small"
     epochs: int | None = Field(default=None, ge=1)  # None: the preset's
     steps_per_epoch: int | None = Field(default=None, ge=1)  # None: the preset's
+    batch_size: int | None = Field(default=None, ge=1)  # None: the preset's; else its rate scaled by sqrt
     heartbeat_timeout_s: int = Field(default=600, ge=10)
+    backend: Literal["auto", "jax", "torch", "tensorflow"] = "auto"  # auto: KERAS_BACKEND, else the fastest installed
+    precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"  # auto: bf16 only where measured faster
+    data_workers: int | None = Field(default=None, ge=0)  # processes making batches; None: every core but one
 
     def run_config(self) -> dict[str, int]:
-        """What a queued run carries for the worker: the preset's epochs and steps, where overridden."""
-        chosen = {"epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch}
+        """What a queued run carries for the worker: the preset's epochs, steps and batch, where overridden."""
+        chosen = {"epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch, "batch_size": self.batch_size}
         return {key: value for key, value in chosen.items() if value is not None}
 
 
@@ -165,6 +170,7 @@ class CorrectionSettings(_Section):
     tap_rule: Literal["all", "majority", "any"] = "all"
     min_component_voxels: int | None = Field(default=None, ge=0)  # None: the paper's 10,000 model voxels
     keep_largest: bool = True  # keep only each ROI's largest envelope component: its nucleus (paper section 4.12)
+    tap_batch_size: int | None = Field(default=None, ge=1)  # TAP windows per model call; None: 8 CPU, 32 accelerator
 
 
 class ImagingSettings(_Section):

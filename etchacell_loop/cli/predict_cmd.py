@@ -12,10 +12,19 @@ import typer
 from etchacell_loop.cli.context import CommandError, PhaseBars, console, operator_errors, state
 from etchacell_loop.db.engine import session_scope
 from etchacell_loop.imaging.volume import RoiBox, VolumeError, open_volume
+from etchacell_loop.model.backend import BackendChoice, BackendError, select_backend
 from etchacell_loop.model.evaluation import DEFAULT_LABEL, EvaluationError, evaluate_paths
 from etchacell_loop.model.metrics import render_table1
 from etchacell_loop.model.predict import DEFAULT_CHUNK_ZYX, PredictError, VolumePrediction, predict_volume
-from etchacell_loop.model.tap import DEFAULT_MIN_COMPONENT_VOXELS, TAP_RULES, TRI_AXES, TapError, TapParams, TapRule
+from etchacell_loop.model.tap import (
+    DEFAULT_MIN_COMPONENT_VOXELS,
+    TAP_RULES,
+    TRI_AXES,
+    TapError,
+    TapParams,
+    TapRule,
+    resolve_batch_size,
+)
 
 PROMOTED = "promoted"
 PHASES = {"resampling": "resampling to model voxels", "predicting": "predicting", "post-processing": "components"}
@@ -51,6 +60,14 @@ def predict(
     chunk: Annotated[str, typer.Option(help="chunk of model voxels Z,Y,X predicted at a time")] = ",".join(
         map(str, DEFAULT_CHUNK_ZYX)
     ),
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="windows per model call (larger fills an accelerator, needs more memory)",
+            show_default="8 on a CPU, 32 on an accelerator",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
 ) -> None:
     """Tri-axis prediction of the nuclear envelope; writes the probability and the envelope as OME-Zarr."""
@@ -68,7 +85,7 @@ def predict(
         raise CommandError(str(exc)) from None
     with volume:
         box = _roi(roi, volume.rois) if roi else None
-        predict_fn, preset = _load(artifact)
+        predict_fn, preset = _load(artifact, state(ctx).settings.training.backend, batch_size)
         try:
             params = TapParams(
                 patch_zyx=preset.patch_zyx,
@@ -76,6 +93,7 @@ def predict(
                 rule=_rule(rule),
                 min_component_voxels=min_component_voxels,
                 keep_largest=largest_only(keep_largest, box),
+                batch_size=batch_size,
             )
             with PhaseBars(PHASES, "{task.completed}/{task.total} chunks", width=28) as bars:
                 report = predict_volume(
@@ -162,14 +180,20 @@ def _resolve_model(ctx: typer.Context, model: str) -> tuple[Path, dict[str, Any]
     return artifact, described
 
 
-def _load(artifact: Path) -> Any:
-    """The artefact's ``(predict_fn, preset)``; Keras is imported only here (the ``ml`` extra)."""
+def _load(artifact: Path, backend: BackendChoice = "auto", batch_size: int | None = None) -> Any:
+    """The artefact's ``(predict_fn, preset)``; Keras is imported only here, on the backend that
+    ``training.backend`` chooses (the ``ml-*`` extras). The model takes each TAP batch in one call
+    (``batch_size``, or the automatic size once the backend is known), not in the preset's
+    training batches."""
     try:
+        select_backend(backend)
         from etchacell_loop.model.keras_io import load_predict_fn
+    except BackendError as exc:
+        raise CommandError(str(exc)) from None
     except ImportError as exc:
-        raise CommandError(f"predicting needs Keras (install the ml extra): {exc}") from None
+        raise CommandError(f"predicting needs Keras (install an ml-jax, ml-torch or ml-tf extra): {exc}") from None
     try:
-        return load_predict_fn(artifact)
+        return load_predict_fn(artifact, resolve_batch_size(batch_size))
     except (ValueError, OSError) as exc:
         raise CommandError(f"{artifact}: cannot load the model ({str(exc).strip().splitlines()[0]})") from None
 

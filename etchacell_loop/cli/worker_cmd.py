@@ -12,6 +12,7 @@ from sqlmodel import Session
 from etchacell_loop.cli.context import CommandError, console, operator_errors, state
 from etchacell_loop.db import migrate
 from etchacell_loop.loop.worker import install_stop_signals, run_worker
+from etchacell_loop.model.backend import BackendError, select_backend
 
 
 @operator_errors
@@ -24,6 +25,11 @@ def worker(
     hand goes back to the queue)."""
     cli = state(ctx)
     settings = cli.settings
+    try:
+        backend = select_backend(settings.training.backend)  # before anything imports Keras
+    except BackendError as exc:
+        raise CommandError(str(exc)) from None
+    console.print(f"Keras backend: {backend} (training.backend = {settings.training.backend})", highlight=False)
     stop = threading.Event()
     install_stop_signals(stop)
     with cli.engine() as engine:

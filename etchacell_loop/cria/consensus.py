@@ -19,16 +19,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from etchacell_loop.config import ConsensusSettings
 from etchacell_loop.cria.joining import Points, join_greedy, join_min_total
 from etchacell_loop.cria.methods import Ballot, MethodParams, Region, consensus_method, region_of
 from etchacell_loop.cria.raster import Mask, Patch, fill_patch
 from etchacell_loop.cria.reliability import ReliabilityParams, VolunteerRecord
+
+if TYPE_CHECKING:  # settings only annotate: the model and the GPU worker import this without pydantic
+    from etchacell_loop.config import ConsensusSettings
 
 _T = TypeVar("_T", bound=np.generic)
 Denominator = Literal["drawers", "classifications"]

@@ -2,8 +2,16 @@
 
 Why a file: preparation reads volumes (a workstation with the data), upload talks to Panoptes and
 the database (possibly elsewhere, later). Each line is self-contained — the volume it came from,
-the ROI box, the slice, which plane every frame shows, the frame files (relative to the folder)
-and the subject metadata — so a folder can be moved, checked or uploaded on its own.
+the ROI box, the slice, which plane every frame shows, the frame files and the subject metadata —
+so a folder can be moved, checked or uploaded on its own.
+
+Paths in the file are relative to the manifest's folder wherever they can be: the frames always
+(they are made inside it), the volume when it lies under the folder given as ``relative_root``
+(the manifest's own folder unless the caller names a wider one, e.g. a work folder holding both
+the volume and the subjects). A volume elsewhere — an operator's volume on a shared disk — keeps
+its absolute path, which stays right wherever the folder goes. :func:`read_manifest` resolves
+relative paths against the folder, so readers (upload, the database's volume row) always see
+absolute volume paths, wherever the folder has been copied to.
 
 Written atomically (a temporary file renamed over the old one), and only when its content
 changes: a killed run leaves the previous manifest whole, and a repeated run touches nothing.
@@ -15,7 +23,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +52,8 @@ class VolumeRecord:
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One prepared subject. ``frames`` are paths relative to the manifest's folder."""
+    """One prepared subject. ``frames`` are paths relative to the manifest's folder; ``volume.path``
+    is absolute once read (:func:`read_manifest`), relative or not in the file."""
 
     upload_key: str
     volume: VolumeRecord
@@ -113,8 +122,36 @@ def manifest_path(directory: Path) -> Path:
     return directory / MANIFEST_NAME
 
 
+def portable_path(path: str, directory: Path, relative_root: Path | None = None) -> str:
+    """``path`` as the manifest in ``directory`` writes it: relative to ``directory`` (``..`` steps
+    allowed) when it lies under ``relative_root`` (default: ``directory`` itself), else absolute.
+    A relative ``path`` is taken as already written so and returned unchanged."""
+    if not Path(path).is_absolute():
+        return path
+    base = directory.resolve()
+    root = (relative_root if relative_root is not None else directory).resolve()
+    target = Path(path).resolve()
+    if not target.is_relative_to(root) or not base.is_relative_to(root):
+        return str(target)
+    return Path(os.path.relpath(target, base)).as_posix()
+
+
+def resolved_path(path: str, directory: Path) -> str:
+    """A path read from the manifest in ``directory`` as an absolute path: relative ones are taken
+    from the folder the manifest is in now, not the one it was written in."""
+    if Path(path).is_absolute():
+        return path
+    return str((directory / path).resolve())
+
+
+def with_volume_path(entry: ManifestEntry, path: str) -> ManifestEntry:
+    """``entry`` naming its volume by ``path``: the one thing that differs between file and reader."""
+    return replace(entry, volume=replace(entry.volume, path=path))
+
+
 def read_manifest(directory: Path) -> list[ManifestEntry]:
-    """Every entry of ``directory``'s manifest, in file order; empty when there is none yet."""
+    """Every entry of ``directory``'s manifest, in file order; empty when there is none yet.
+    Volume paths come back absolute (see the module docstring); frames stay relative to ``directory``."""
     path = manifest_path(directory)
     if not path.exists():
         return []
@@ -124,11 +161,12 @@ def read_manifest(directory: Path) -> list[ManifestEntry]:
             if not line.strip():
                 continue
             try:
-                entries.append(ManifestEntry.from_json(json.loads(line)))
+                entry = ManifestEntry.from_json(json.loads(line))
             except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
                 raise ManifestError(
                     f"{path} line {number}: not a subject entry ({type(exc).__name__}: {exc})"
                 ) from None
+            entries.append(with_volume_path(entry, resolved_path(entry.volume.path, directory)))
     return entries
 
 
@@ -140,9 +178,11 @@ def merged(existing: Iterable[ManifestEntry], fresh: Iterable[ManifestEntry]) ->
     return list(by_key.values())
 
 
-def write_manifest(directory: Path, entries: Sequence[ManifestEntry]) -> bool:
-    """Write the manifest atomically; ``False`` (nothing written) when it already says exactly this."""
-    text = "".join(json.dumps(entry.to_json(), sort_keys=True) + "\n" for entry in entries)
+def write_manifest(directory: Path, entries: Sequence[ManifestEntry], relative_root: Path | None = None) -> bool:
+    """Write the manifest atomically; ``False`` (nothing written) when it already says exactly this.
+    Volume paths under ``relative_root`` (default: ``directory``) are written relative to ``directory``."""
+    portable = (with_volume_path(e, portable_path(e.volume.path, directory, relative_root)) for e in entries)
+    text = "".join(json.dumps(entry.to_json(), sort_keys=True) + "\n" for entry in portable)
     path = manifest_path(directory)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False

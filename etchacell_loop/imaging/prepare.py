@@ -99,11 +99,15 @@ def prepare_subjects(
     out_dir: Path,
     fmt: SubjectFormat,
     progress: Progress | None = None,
+    relative_root: Path | None = None,
 ) -> PrepareReport:
     """Make (or reuse) every frame of every subject of ``rois`` and record them in the manifest.
 
     ROIs are clipped to the volume first. Safe to re-run and to resume after a kill: frames
     already on disk are reused, and the manifest is rewritten only when its content changes.
+    The manifest names frames relative to ``out_dir``, and the volume relative to it when the volume
+    lies under ``relative_root`` (default: ``out_dir``), so a folder holding both can be moved whole
+    (:mod:`etchacell_loop.imaging.manifest`).
     """
     plans = [_plan_roi(volume, roi, fmt) for roi in checked_rois(volume, rois)]
     total = sum(len(plan.planes) for plan in plans)
@@ -125,7 +129,7 @@ def prepare_subjects(
         entries.extend(_entry(record, plan, flipbook, files, fmt.jpeg_quality) for flipbook in plan.flipbooks)
         report.rois.append(roi_report)
     all_entries = merged(read_manifest(out_dir), entries)
-    report.manifest_written = write_manifest(out_dir, all_entries)
+    report.manifest_written = write_manifest(out_dir, all_entries, relative_root)
     report.subjects_in_manifest = len(all_entries)
     return report
 

@@ -29,13 +29,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from etchacell_loop.config import ImagingSettings
 from etchacell_loop.imaging.volume import RoiBox, VoxelSizeNm
 from etchacell_loop.subject_metadata import (
     CROP_XYWH_KEY,
@@ -46,6 +45,9 @@ from etchacell_loop.subject_metadata import (
     Z_RESOLUTION_KEY,
     layout_metadata,
 )
+
+if TYPE_CHECKING:  # settings only annotate: the model and the GPU worker import this without pydantic
+    from etchacell_loop.config import ImagingSettings
 
 RECIPE_VERSION = 1  # bump when the rendering changes, so frames written before are made again
 _ROI_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<corner>[^:]+):(?P<size>[^:]+)$")

@@ -12,19 +12,26 @@ memory stays at one block whatever the volume's depth. The truth beside the imag
 
 The root's "etchacell" attributes (kind, seed, voxel size, one ROI per nucleus, blank slices,
 mitotic nuclei) are written last, so a volume that has them is complete. The same seed and
-parameters give byte-identical files.
+parameters give byte-identical files, so a volume too big to copy can be made again where it is
+needed; :func:`truth_digest` checks that the copy has the same truth (every consensus mask and
+every score is measured against it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import multiprocessing
 import shutil
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 from numpy.typing import NDArray
 from scipy import ndimage
 
@@ -42,6 +49,7 @@ from etchacell_loop.imaging.volume import RoiBox
 
 SYNTHETIC_KIND = "synthetic-sbfsem"
 LABEL_NAMES = ("nucleus", "envelope", "nucleolus", "organelles")
+DIGEST_LABELS = ("nucleus", "envelope")  # the truth that subjects, consensus and scores depend on
 
 Progress = Callable[[int, int], None]  # (slices done, slices in all)
 
@@ -74,10 +82,13 @@ class SynthReport:
 
 
 def generate_volume(
-    path: Path, spec: SynthSpec, *, overwrite: bool = False, progress: Progress | None = None
+    path: Path, spec: SynthSpec, *, overwrite: bool = False, progress: Progress | None = None, workers: int = 1
 ) -> SynthReport:
     """Generate ``spec`` into ``path`` (an OME-Zarr folder). An existing ``path`` is an error, or,
-    with ``overwrite``, replaced if it is a zarr store (anything else is never deleted)."""
+    with ``overwrite``, replaced if it is a zarr store (anything else is never deleted).
+
+    ``workers`` > 1 renders blocks of slices in that many processes while this one writes them in
+    order: every slice draws from its own generator, so the files are the same for any number."""
     started = time.perf_counter()
     model = draw_volume(spec.seed, spec.shape, spec.voxel_size_nm, spec.cells, spec.mitotic)
     _clear(path, overwrite)
@@ -86,15 +97,13 @@ def generate_volume(
     plan = acquisition_plan(spec.seed, spec.shape[0])
     textures = TextureBank.draw(spec.seed)
     boxes = _BoundingBoxes()
-    block_depth = DEFAULT_CHUNKS[0]
     n_slices = spec.shape[0]
-    for z_start in range(0, n_slices, block_depth):
-        blocks = _render_block(model, spec, plan, textures, range(z_start, min(n_slices, z_start + block_depth)))
+    for z_start, blocks in _rendered_blocks(model, spec, plan, textures, workers):
         for name, writer in writers.items():
             writer.write_block(z_start, blocks[name])
         boxes.update(z_start, blocks["nucleus"])
         if progress is not None:
-            progress(min(n_slices, z_start + block_depth), n_slices)
+            progress(min(n_slices, z_start + DEFAULT_CHUNKS[0]), n_slices)
     rois = boxes.rois(spec.shape, spec.voxel_size_nm, spec.roi_margin_nm)
     blank = tuple(z for z, conditions in enumerate(plan) if conditions.state != "normal")
     root.attrs[ETCHACELL_KEY] = _etchacell_attrs(spec, model, rois, blank)
@@ -108,6 +117,26 @@ def generate_volume(
         blank_slices=blank,
         seconds=time.perf_counter() - started,
     )
+
+
+def truth_digest(path: Path, labels: tuple[str, ...] = DIGEST_LABELS) -> str:
+    """``sha256:<hex>`` of the level-0 ``labels`` of the volume at ``path``: their names, shapes,
+    dtypes and voxel values (little-endian), read a chunk-deep block at a time.
+
+    Over values, not stored bytes, so another zarr or compressor version making other chunk files
+    of the same truth still agrees; memory stays at one block of one label."""
+    root = zarr.open_group(str(path), mode="r")
+    digest = hashlib.sha256()
+    for name in labels:
+        array = root[f"labels/{name}/0"]
+        if not isinstance(array, zarr.Array):
+            raise ValueError(f"{path}: labels/{name}/0 is not an array")
+        dtype = np.dtype(array.dtype).newbyteorder("<")
+        digest.update(f"{name}:{dtype.str}:{list(array.shape)}\n".encode())
+        depth = array.chunks[0]
+        for z in range(0, array.shape[0], depth):
+            digest.update(np.ascontiguousarray(array[z : z + depth], dtype=dtype).tobytes())
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _clear(path: Path, overwrite: bool) -> None:
@@ -132,6 +161,55 @@ def _create_arrays(root: Any, model: VolumeModel) -> dict[str, MultiscaleWriter]
         "nucleolus": create_label(root, "nucleolus", shape, voxel, np.uint16),
         "organelles": create_label(root, "organelles", shape, voxel, np.uint16, properties),
     }
+
+
+def _block_ranges(n_slices: int) -> list[range]:
+    """Chunk-deep runs of slices, so each chunk is written once."""
+    depth = DEFAULT_CHUNKS[0]
+    return [range(z, min(n_slices, z + depth)) for z in range(0, n_slices, depth)]
+
+
+def _rendered_blocks(
+    model: VolumeModel, spec: SynthSpec, plan: Any, textures: TextureBank, workers: int
+) -> Iterator[tuple[int, dict[str, NDArray[Any]]]]:
+    """(first slice, blocks) in z order; with ``workers`` > 1 rendered ahead in worker processes,
+    at most two blocks per worker in flight so memory stays bounded.
+
+    Workers are spawned, not forked: a caller that has started threads (a deep-learning library,
+    zarr's I/O) cannot leave a child holding one of their locks."""
+    ranges = _block_ranges(spec.shape[0])
+    if workers <= 1:
+        for slices in ranges:
+            yield slices.start, _render_block(model, spec, plan, textures, slices)
+        return
+    context = multiprocessing.get_context("spawn")
+    state = (model, spec, plan, textures)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=state) as pool:
+        pending: deque[tuple[int, Future[dict[str, NDArray[Any]]]]] = deque()
+        for slices in ranges:
+            pending.append((slices.start, pool.submit(_render_in_worker, slices)))
+            if len(pending) >= 2 * workers:
+                z_start, future = pending.popleft()
+                yield z_start, future.result()
+        while pending:
+            z_start, future = pending.popleft()
+            yield z_start, future.result()
+
+
+_WORKER_STATE: tuple[VolumeModel, SynthSpec, Any, TextureBank] | None = None
+
+
+def _init_worker(model: VolumeModel, spec: SynthSpec, plan: Any, textures: TextureBank) -> None:
+    """Keep the volume's model in the worker, sent once rather than with every block."""
+    global _WORKER_STATE
+    _WORKER_STATE = (model, spec, plan, textures)
+
+
+def _render_in_worker(slices: range) -> dict[str, NDArray[Any]]:
+    if _WORKER_STATE is None:
+        raise RuntimeError("a render worker was started without the volume's model")
+    model, spec, plan, textures = _WORKER_STATE
+    return _render_block(model, spec, plan, textures, slices)
 
 
 def _render_block(

@@ -105,9 +105,13 @@ def prediction_job(
 ) -> int:
     """Predict the batch's ROI with its model version and record every slice; the number of slices."""
     source = batch_source(session_factory, settings.data_dir, batch)
+    from etchacell_loop.model.backend import running_backend_and_accelerator
     from etchacell_loop.model.keras_io import load_predict_fn  # Keras: only on the worker
+    from etchacell_loop.model.tap import resolve_batch_size
 
-    predict_fn, preset = load_predict_fn(source.artifact)
+    running_backend_and_accelerator()  # logs the backend and device once per process
+    batch_size = resolve_batch_size(_optional_int(batch.params.get("batch_size")))
+    predict_fn, preset = load_predict_fn(source.artifact, batch_size)  # the model takes each TAP batch whole
     return predict_batch(session_factory, settings.data_dir, batch, heartbeat, predict_fn, preset, source)
 
 
@@ -290,3 +294,7 @@ def to_source(mask: NDArray[Any], geometry: PredictionGeometry) -> Mask:
 
 def _model_band(label: NDArray[Any]) -> Mask:
     return np.asarray(label > 0)
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -136,10 +136,16 @@ def run_publish(
 
 
 def tap_settings(correction: CorrectionSettings) -> dict[str, Any]:
-    """The prediction batch's TAP parameters from the ``correction`` section (unset: TAP's defaults)."""
+    """The prediction batch's TAP parameters from the ``correction`` section (unset: TAP's defaults).
+
+    An unset ``tap_batch_size`` is left out, so the batch is sized where it runs: the worker that
+    claims it knows whether it has an accelerator (:func:`etchacell_loop.model.tap.resolve_batch_size`),
+    the daemon that queues it does not."""
     params: dict[str, Any] = {"keep_largest": correction.keep_largest}
     if correction.min_component_voxels is not None:
         params["min_component_voxels"] = correction.min_component_voxels
+    if correction.tap_batch_size is not None:
+        params["batch_size"] = correction.tap_batch_size
     return params
 
 

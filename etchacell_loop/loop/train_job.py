@@ -14,8 +14,10 @@ per split and what promotion compares (validation against consensus); the networ
 training (validation loss; F-measure and AHD along z alone on the model grid) are kept beside them
 as ``loss`` and ``z_only_*``.
 
-The run's ``config`` may override the preset's ``epochs``, ``steps_per_epoch`` and the ``seed``
-(an operator's quick trial, a test's tiny run).
+The run's ``config`` may override the preset's ``epochs``, ``steps_per_epoch``, ``batch_size``
+(the learning rate scaled with it, :func:`etchacell_loop.model.presets.with_batch_size`) and the
+``seed`` (an operator's quick trial, a test's tiny run). The ``training`` section says how the worker
+runs it: the precision (``model.backend``) and the processes that make batches (``model.pipeline``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from etchacell_loop.db.models import DataSplit, MetricReference, TrainingRun, Vo
 from etchacell_loop.loop.batches import tap_params
 from etchacell_loop.loop.publish_job import tap_settings
 from etchacell_loop.model import registry, scoring
-from etchacell_loop.model.presets import get_preset
+from etchacell_loop.model.backend import choose_precision, running_backend_and_accelerator
+from etchacell_loop.model.presets import get_preset, with_batch_size
 from etchacell_loop.model.tap import TapParams
 from etchacell_loop.model.training_set import TrainingSet, build_training_set
 
@@ -55,12 +58,19 @@ def train_job(session_factory: SessionFactory, settings: Settings, run: Training
     """Train the run's preset on the current consensus, register the result, promote it if better."""
     assert run.id is not None
     preset = get_preset(run.preset)
+    batch_size = _optional_int(run.config.get("batch_size"))
+    if batch_size is not None:
+        preset = with_batch_size(preset, batch_size)
     with session_factory() as session:
         training_set = build_training_set(session, settings.data_dir)  # refused before Keras loads
         voxel_sizes = recorded_voxel_sizes(session)
     from etchacell_loop.model.train import train_model  # Keras: only on the worker
 
-    log.info("training run %d: %s slices %s", run.id, preset.name, training_set.snapshot.counts)
+    precision = choose_precision(settings.training.precision, *running_backend_and_accelerator())
+    log.info(
+        "training run %d: %s (batch %d, %s) on slices %s", run.id, preset.name, preset.batch_size, precision,
+        training_set.snapshot.counts,
+    )  # fmt: skip
     out_dir = staging_dir(settings.data_dir, run.id)
     result = train_model(
         preset,
@@ -71,6 +81,8 @@ def train_job(session_factory: SessionFactory, settings: Settings, run: Training
         steps_per_epoch=_optional_int(run.config.get("steps_per_epoch")),
         on_epoch=heartbeat,
         should_stop=heartbeat.should_stop,
+        workers=settings.training.data_workers,
+        precision=precision,
     )
     heartbeat.check()  # stopped or lost during the last epoch: the model is incomplete, do not register
     metrics = deployed_metrics(settings, training_set, voxel_sizes, Path(result.artifact_path), out_dir, heartbeat)

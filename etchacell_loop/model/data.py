@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,12 @@ class Stack:
     image: FloatArray
     envelope: NDArray[np.uint8]
     area: NDArray[np.bool_]
+
+    @cached_property
+    def envelope_voxels(self) -> NDArray[np.intp]:
+        """Flat indices of the envelope voxels (found once: searching the stack for them for every
+        patch was most of a batch's cost on a paper-sized stack)."""
+        return np.flatnonzero(self.envelope)
 
 
 @dataclass(frozen=True)
@@ -347,7 +354,7 @@ def sample_patch(
     image, label = pad_to_patch(stack.image, patch_zyx), pad_to_patch(stack.envelope, patch_zyx)
     starts = [int(rng.integers(0, n - p + 1)) for n, p in zip(image.shape, patch_zyx, strict=True)]
     if on_envelope:
-        voxels = np.flatnonzero(label)
+        voxels = stack.envelope_voxels if label is stack.envelope else np.flatnonzero(label)
         if voxels.size:
             centre = np.unravel_index(int(voxels[rng.integers(0, voxels.size)]), label.shape)
             starts = [

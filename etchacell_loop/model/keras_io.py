@@ -73,7 +73,11 @@ def load_model(artifact_path: Path) -> tuple[keras.Model, ModelPreset]:
 
 def predict_fn_for(model: keras.Model, preset: ModelPreset, batch_size: int | None = None) -> PredictFn:
     """``predict_fn`` over an in-memory model: (n, pz, py, px) float32 → probabilities of the same
-    shape, in batches of ``batch_size`` (the preset's by default). Any other patch size is an error."""
+    shape, in batches of ``batch_size`` (the preset's by default). Any other patch size is an error.
+
+    Every call of the model gets exactly ``batch_size`` windows (a short last batch is padded with
+    zeros, whose outputs are dropped): one input shape means one compiled program on JAX and one
+    traced graph on TensorFlow, where a new shape would compile again."""
     step = batch_size or preset.batch_size
 
     def predict_fn(batch: FloatArray) -> FloatArray:
@@ -82,16 +86,18 @@ def predict_fn_for(model: keras.Model, preset: ModelPreset, batch_size: int | No
             raise ValueError(
                 f"predict_fn takes (n, {', '.join(map(str, preset.patch_zyx))}) arrays, not {values.shape}"
             )
-        outputs = [
-            from_model_layout(
-                np.asarray(model.predict_on_batch(to_model_layout(values[i : i + step], preset.architecture))),
-                preset.architecture,
-            )
-            for i in range(0, values.shape[0], step)
-        ]
+        outputs = [_predict_padded(model, values[i : i + step], step, preset) for i in range(0, values.shape[0], step)]
         return np.concatenate(outputs) if outputs else np.zeros(values.shape, np.float32)
 
     return predict_fn
+
+
+def _predict_padded(model: keras.Model, windows: FloatArray, step: int, preset: ModelPreset) -> FloatArray:
+    n = windows.shape[0]
+    if n < step:
+        windows = np.concatenate([windows, np.zeros((step - n, *windows.shape[1:]), np.float32)])
+    output = np.asarray(model.predict_on_batch(to_model_layout(windows, preset.architecture)))
+    return from_model_layout(output, preset.architecture)[:n]
 
 
 def load_predict_fn(artifact_path: Path, batch_size: int | None = None) -> tuple[PredictFn, ModelPreset]:

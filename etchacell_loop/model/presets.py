@@ -96,6 +96,28 @@ def get_preset(name: str) -> ModelPreset:
         raise PresetError(f"unknown model preset {name!r} (known: {', '.join(PRESETS)})") from None
 
 
+def with_batch_size(preset: ModelPreset, batch_size: int) -> ModelPreset:
+    """``preset`` trained with batches of ``batch_size`` patches, its learning dynamics kept.
+
+    A larger batch lets an accelerator do more per step; the preset's learning rate is scaled by the
+    square root of the batch ratio — the scaling rule for Adam (Malladi et al. 2022, "On the SDEs and
+    scaling rules for adaptive gradient algorithms"; the linear rule is SGD's) — and its steps per
+    epoch by the inverse ratio, so an epoch still shows the model as many patches and the plateau
+    schedule keeps its meaning. The same batch size returns the preset unchanged.
+    """
+    if batch_size < 1:
+        raise PresetError(f"batch size must be at least 1, not {batch_size}")
+    if batch_size == preset.batch_size:
+        return preset
+    ratio = batch_size / preset.batch_size
+    return replace(
+        preset,
+        batch_size=batch_size,
+        learning_rate=preset.learning_rate * ratio**0.5,
+        steps_per_epoch=max(1, round(preset.steps_per_epoch / ratio)),
+    )
+
+
 def z_pooling(patch_z: int, depth: int) -> tuple[int, ...]:
     """The z factor (2 or 1) of each of the 3-D U-Net's ``depth`` poolings.
 

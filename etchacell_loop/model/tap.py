@@ -17,6 +17,16 @@ whole volume in memory would — the chunked path in :mod:`etchacell_loop.model.
 Axes shorter than the patch are padded by mirroring (``symmetric``) and cropped back. (The seed kept
 each window's centre, its outer quarter cropped, where this project blends.)
 
+Keeping the model fed (:func:`predict_regions`): the paper's TAP of its whole volume took 48 minutes
+on a V100 (section 2.6). Here the model runs on the caller's thread while three helper threads read
+and transpose the next region's halo, cut and stack the next batch, and blend finished batches in
+order, so an accelerator does not wait for the CPU between batches, regions or chunks; the results
+are those of a plain loop, bit for bit. Each view's halo is transposed once (slicing axis first),
+so windows are plain slices and outputs need no moving back. Batches hold ``batch_size`` windows of
+one region; ``None`` picks :data:`DEFAULT_BATCH_SIZE` on a CPU and :data:`ACCELERATOR_BATCH_SIZE`
+when the Keras backend in use computes on an accelerator (:func:`resolve_batch_size`), decided where
+the prediction runs, not where it is requested.
+
 Post-processing (paper section 4.12): connected components smaller than ``min_component_voxels``
 (10,000 at 50 nm in the paper) are removed and, with ``keep_largest``, only the largest is kept:
 the paper's way to isolate an ROI's target nucleus from pieces of its neighbours. (The seed's
@@ -39,8 +49,12 @@ any axis calls envelope|`` per z slice (0 where no axis sees envelope).
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Callable, Sequence
+import sys
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -61,7 +75,10 @@ TRI_AXES = (0, 1, 2)
 DEFAULT_OVERLAP = 0.25
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_COMPONENT_VOXELS = 10_000
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE = 8  # windows per model call on a CPU
+ACCELERATOR_BATCH_SIZE = 32  # on an accelerator: enough windows per call to fill it
+BLENDS_IN_FLIGHT = 2  # batch outputs that may wait for blending (each up to batch_size windows)
+STAGES = ("read", "cut", "blend")  # the pipeline's threads beside the model (see predict_regions)
 COMPONENT_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 """Voxels are in one component when they share a face, an edge or a corner (26 neighbours), as in
 the seed's ``skimage.measure.label``: the one-voxel envelope band is often joined only diagonally."""
@@ -77,7 +94,8 @@ class TapParams:
 
     ``keep_largest`` defaults to off because these parameters do not know whether the volume is one
     ROI (the paper keeps the largest component there) or a whole volume of many nuclei; the callers
-    that do know set it (see the module docstring).
+    that do know set it (see the module docstring). ``batch_size`` is the windows per model call;
+    ``None`` (the default) sizes it for the machine that predicts (:func:`resolve_batch_size`).
     """
 
     patch_zyx: Shape3
@@ -85,7 +103,7 @@ class TapParams:
     rule: TapRule = "all"
     threshold: float = DEFAULT_THRESHOLD
     overlap: float = DEFAULT_OVERLAP
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = None
     min_component_voxels: int = DEFAULT_MIN_COMPONENT_VOXELS
     keep_largest: bool = False
 
@@ -103,7 +121,7 @@ def _params_problem(params: TapParams) -> str | None:
         (params.rule in TAP_RULES, f"rule must be one of {', '.join(TAP_RULES)}, not {params.rule!r}"),
         (0.0 <= params.overlap < 1.0, f"overlap must be in [0, 1), not {params.overlap}"),
         (0.0 < params.threshold < 1.0, f"threshold must be in (0, 1), not {params.threshold}"),
-        (params.batch_size >= 1, "batch size must be at least 1"),
+        (params.batch_size is None or params.batch_size >= 1, "batch size must be at least 1"),
         (params.min_component_voxels >= 0, "minimum component size must not be negative"),
     )
     return next((message for ok, message in checks if not ok), None)
@@ -154,6 +172,297 @@ def blend_weights(patch_zyx: Shape3) -> Float:
     )
 
 
+def view_order(axis: int) -> Shape3:
+    """The volume's axes in view order: the slicing axis first, the two others after it in order
+    (the order ``np.moveaxis(volume, axis, 0)`` shows them in)."""
+    others = [a for a in TRI_AXES if a != axis]
+    return axis, others[0], others[1]
+
+
+@functools.lru_cache(maxsize=16)
+def view_weights(patch_zyx: Shape3, axis: int) -> Float:
+    """:func:`blend_weights` of the view's patch, moved into view axes (read-only, shared by every
+    region of the view): the very values the volume's-axes weights hold, so the blend is unchanged
+    to the last bit, and made once per view instead of once per region."""
+    weights = np.ascontiguousarray(np.moveaxis(blend_weights(view_patch(patch_zyx, axis)), axis, 0))
+    weights.setflags(write=False)
+    return weights
+
+
+def accelerator_batch_size() -> int:
+    """Windows per batch when :attr:`TapParams.batch_size` is ``None``: :data:`DEFAULT_BATCH_SIZE`
+    on a CPU, :data:`ACCELERATOR_BATCH_SIZE` when the Keras backend computes on an accelerator
+    (:func:`etchacell_loop.model.backend.accelerator_present`).
+
+    Keras is consulted only when this process has already imported it: otherwise ``predict_fn``
+    cannot be a Keras model, and importing a deep-learning stack into the daemon or a numpy-only
+    caller just to size batches would cost seconds and memory for nothing.
+    """
+    if "keras" not in sys.modules:
+        return DEFAULT_BATCH_SIZE
+    from etchacell_loop.model.backend import accelerator_present
+
+    return ACCELERATOR_BATCH_SIZE if accelerator_present() else DEFAULT_BATCH_SIZE
+
+
+def resolve_batch_size(batch_size: int | None) -> int:
+    """``batch_size`` as given, or the automatic size (:func:`accelerator_batch_size`) for ``None``."""
+    return accelerator_batch_size() if batch_size is None else batch_size
+
+
+# --- one region of one view, and the pipeline that predicts a sequence of them ---------------------
+
+Box3 = tuple[slice, slice, slice]
+
+
+@dataclass(frozen=True)
+class AxisRegion:
+    """One view of one box: the core ``[core_start, core_stop)`` of a volume of ``shape_zyx`` (read
+    through ``read``), predicted with ``axis`` as the slicing axis."""
+
+    read: BoxReader
+    shape_zyx: Shape3
+    core_start: Shape3
+    core_stop: Shape3
+    axis: int
+
+
+@dataclass(frozen=True)
+class RegionWindows:
+    """Where one region's windows lie, worked out before anything is read (cheap arithmetic).
+
+    The halo ``[read_start, read_stop)`` (volume axes) is read once and transposed once into *view
+    axes* (the slicing axis first); everything here is in view axes, so each window is a plain slice
+    of the halo (``cuts``) and the model's output needs no moving back. Where the volume is shorter
+    than the patch (one window there, at 0), ``mirrors`` holds the indices that fold the patch's
+    length into the halo's as ``numpy.pad(mode="symmetric")`` would, and that window is gathered
+    straight into its batch: no mirrored copy of the halo is ever made. ``spans`` pair each window's
+    part inside the core with its place there. Windows keep the order of the whole grid's z-major
+    product in volume axes, so blending adds them in the same order and gets the same float32 sums.
+    """
+
+    region: AxisRegion
+    read_start: Shape3
+    read_stop: Shape3
+    patch: Shape3
+    cuts: tuple[Box3, ...]
+    mirrors: tuple[NDArray[np.intp] | None, NDArray[np.intp] | None, NDArray[np.intp] | None]
+    spans: tuple[tuple[Box3, Box3], ...]
+    core_shape: Shape3
+    weights: Float
+    batch_size: int
+
+    @property
+    def batch_starts(self) -> range:
+        """The index of each batch's first window."""
+        return range(0, len(self.cuts), self.batch_size)
+
+
+def region_windows(region: AxisRegion, params: TapParams, batch_size: int) -> RegionWindows:
+    """The windows of the whole volume's grid for the region's view that touch its core."""
+    axis, shape, start, stop = region.axis, region.shape_zyx, region.core_start, region.core_stop
+    patch = view_patch(params.patch_zyx, axis)
+    per_axis = [
+        [
+            s
+            for s in window_starts(shape[d], patch[d], window_step(patch[d], params.overlap))
+            if s < stop[d] and s + patch[d] > start[d]
+        ]
+        for d in TRI_AXES
+    ]
+    lo = (per_axis[0][0], per_axis[1][0], per_axis[2][0])
+    order = view_order(axis)
+    folds = [_mirrored(shape[d], patch[d]) if patch[d] > shape[d] else None for d in order]
+    cuts: list[Box3] = []
+    spans: list[tuple[Box3, Box3]] = []
+    for window in itertools.product(*per_axis):
+        bounds = [(window[d] - lo[d], window[d] - lo[d] + patch[d]) for d in order]
+        cuts.append(_box([(0, None) if fold is not None else b for b, fold in zip(bounds, folds, strict=True)]))
+        inside = [(max(window[d], start[d]), min(window[d] + patch[d], stop[d])) for d in order]
+        src = _box([(a - window[d], b - window[d]) for d, (a, b) in zip(order, inside, strict=True)])
+        dst = _box([(a - start[d], b - start[d]) for d, (a, b) in zip(order, inside, strict=True)])
+        spans.append((src, dst))
+    return RegionWindows(
+        region=region,
+        read_start=lo,
+        read_stop=tuple_of(min(per_axis[d][-1] + patch[d], shape[d]) for d in TRI_AXES),
+        patch=params.patch_zyx,
+        cuts=tuple(cuts),
+        mirrors=(folds[0], folds[1], folds[2]),
+        spans=tuple(spans),
+        core_shape=tuple_of(stop[d] - start[d] for d in order),
+        weights=view_weights(params.patch_zyx, axis),
+        batch_size=batch_size,
+    )
+
+
+def tuple_of(values: Iterable[int]) -> Shape3:
+    """Three sizes as a :data:`Shape3`."""
+    first, second, third = values
+    return first, second, third
+
+
+def _box(bounds: Sequence[tuple[int, int | None]]) -> Box3:
+    return slice(*bounds[0]), slice(*bounds[1]), slice(*bounds[2])
+
+
+def read_halo(windows: RegionWindows) -> Float:
+    """The region's halo in view axes, C-contiguous: read and transposed once (no copy at all for
+    the z view of a contiguous read). Mirroring, where needed, happens as windows are cut."""
+    region = windows.region
+    block = region.read(windows.read_start, windows.read_stop)
+    return np.ascontiguousarray(np.moveaxis(block, region.axis, 0), dtype=np.float32)
+
+
+def cut_batch(windows: RegionWindows, halo: Float, first: int) -> Float:
+    """Windows ``first … first + batch_size`` of the region, stacked: (n, pz, py, px) float32,
+    each copied once, straight into the batch (gathered through the mirror indices where the volume
+    is shorter than the patch)."""
+    cuts = windows.cuts[first : first + windows.batch_size]
+    batch = np.empty((len(cuts), *windows.patch), dtype=np.float32)
+    folds = [(d, fold) for d, fold in enumerate(windows.mirrors) if fold is not None]
+    for out, cut in zip(batch, cuts, strict=True):
+        window = halo[cut]
+        if not folds:
+            out[...] = window
+            continue
+        for d, fold in folds[:-1]:
+            window = np.take(window, fold, axis=d)
+        last, fold = folds[-1]
+        np.take(window, fold, axis=last, out=out, mode="wrap")
+    return batch
+
+
+class RegionBlend:
+    """The weighted sum of one region's window outputs and of their weights (view axes).
+
+    Windows must be added in their order (float32 addition is not associative): the pipeline gives
+    all of one region's batches to a single thread, in order. The product of weights and output
+    goes to one buffer reused for every window rather than a new array each time.
+    """
+
+    def __init__(self, windows: RegionWindows) -> None:
+        self.windows = windows
+        self.total = np.zeros(windows.core_shape, dtype=np.float32)
+        self.weight_sum = np.zeros(windows.core_shape, dtype=np.float32)
+        self._product = np.empty(windows.weights.size, dtype=np.float32)
+
+    def add(self, first: int, output: Float) -> None:
+        """Blend the outputs of windows ``first, first + 1, …`` (one batch, in view axes)."""
+        for index, predicted in enumerate(output, first):
+            src, dst = self.windows.spans[index]
+            weight = self.windows.weights[src]
+            product = self._product[: weight.size].reshape(weight.shape)
+            np.multiply(weight, predicted[src], out=product)
+            total, weight_sum = self.total[dst], self.weight_sum[dst]
+            np.add(total, product, out=total)
+            np.add(weight_sum, weight, out=weight_sum)
+
+    def result(self) -> Float:
+        """The weighted mean over the core, in volume axes (C-contiguous)."""
+        np.divide(self.total, self.weight_sum, out=self.total)
+        return np.ascontiguousarray(np.moveaxis(self.total, 0, self.windows.region.axis))
+
+
+@dataclass(frozen=True)
+class _Batch:
+    windows: RegionWindows
+    halo: Future[Float]
+    first: int
+
+    @property
+    def last(self) -> bool:
+        return self.first + self.windows.batch_size >= len(self.windows.cuts)
+
+
+def predict_regions(
+    regions: Iterable[AxisRegion], predict_fn: PredictFn, params: TapParams
+) -> Generator[Float, None, None]:
+    """The probabilities of each region's core, in order, with the CPU's work done beside the model's.
+
+    ``predict_fn`` runs on the caller's thread, one batch after another (the same batches, of
+    ``params.batch_size`` windows of one region, as a plain loop makes). Around it, three threads of
+    one worker each (numpy's copies and arithmetic release the GIL):
+
+    * *reading*: the next region's halo (read, transposed) while this one is predicted;
+    * *cutting*: the next batch's windows, sliced out (mirrored where the volume is shorter than the
+      patch) and stacked, while the model runs on this one;
+    * *blending*: the finished batches' outputs added into their region, strictly in order.
+
+    So an accelerator is kept fed across region boundaries too, where a chunk's region may hold
+    only one or two batches. Every region's result equals that of the plain sequential loop bit
+    for bit: the same windows, the same batches, the same float32 operations in the same order.
+    At most :data:`BLENDS_IN_FLIGHT` batch outputs wait for blending, which bounds memory.
+    """
+    batch_size = resolve_batch_size(params.batch_size)
+    plans = (region_windows(region, params, batch_size) for region in regions)
+    stages = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tap-{name}") for name in STAGES]
+    try:
+        yield from _pipeline(plans, predict_fn, stages[0], stages[1], stages[2])
+    finally:
+        for stage in stages:
+            stage.shutdown(wait=True, cancel_futures=True)
+
+
+def _pipeline(
+    plans: Iterator[RegionWindows],
+    predict_fn: PredictFn,
+    reader: ThreadPoolExecutor,
+    cutter: ThreadPoolExecutor,
+    blender: ThreadPoolExecutor,
+) -> Iterator[Float]:
+    batches = _batches(plans, reader)
+    batch = next(batches, None)
+    cut = cutter.submit(_cut, batch) if batch is not None else None
+    adding: deque[Future[None]] = deque()
+    finishing: deque[Future[Float]] = deque()
+    blend: RegionBlend | None = None
+    while batch is not None and cut is not None:
+        stacked = cut.result()
+        following = next(batches, None)
+        if following is not None:
+            cut = cutter.submit(_cut, following)
+        output = _predicted(predict_fn, stacked)
+        if blend is None or blend.windows is not batch.windows:
+            blend = RegionBlend(batch.windows)
+        while len(adding) >= BLENDS_IN_FLIGHT or (adding and adding[0].done()):
+            adding.popleft().result()
+        adding.append(blender.submit(blend.add, batch.first, output))
+        if batch.last:
+            finishing.append(blender.submit(blend.result))
+        while finishing and finishing[0].done():
+            yield finishing.popleft().result()
+        batch = following
+    while adding:
+        adding.popleft().result()
+    while finishing:
+        yield finishing.popleft().result()
+
+
+def _batches(plans: Iterator[RegionWindows], reader: ThreadPoolExecutor) -> Iterator[_Batch]:
+    """Every batch of every region in order; each region's halo is submitted for reading when the
+    previous region's batches start, so it is ready by the time its first batch is cut."""
+    current = next(plans, None)
+    halo = reader.submit(read_halo, current) if current is not None else None
+    while current is not None and halo is not None:
+        following = next(plans, None)
+        following_halo = reader.submit(read_halo, following) if following is not None else None
+        for first in current.batch_starts:
+            yield _Batch(current, halo, first)
+        current, halo = following, following_halo
+
+
+def _cut(batch: _Batch) -> Float:
+    return cut_batch(batch.windows, batch.halo.result(), batch.first)
+
+
+def _predicted(predict_fn: PredictFn, batch: Float) -> Float:
+    output = np.asarray(predict_fn(batch), dtype=np.float32)
+    if output.shape != batch.shape:
+        raise TapError(f"the model returned shape {output.shape} for a batch of shape {batch.shape}")
+    return output
+
+
 def predict_axis_region(
     read: BoxReader,
     shape_zyx: Shape3,
@@ -167,63 +476,18 @@ def predict_axis_region(
 
     Every window of the whole volume's grid that touches the core is predicted (reading the halo
     around the core it needs) and blended, so the core gets the values a whole-volume run gives.
+    One region of :func:`predict_regions`; give it many regions at once to keep a model fed.
     """
-    patch = view_patch(params.patch_zyx, axis)
-    per_axis = [
-        [
-            s
-            for s in window_starts(shape_zyx[d], patch[d], window_step(patch[d], params.overlap))
-            if s < core_stop[d] and s + patch[d] > core_start[d]
-        ]
-        for d in TRI_AXES
-    ]
-    lo = (per_axis[0][0], per_axis[1][0], per_axis[2][0])
-    hi = tuple(min(per_axis[d][-1] + patch[d], shape_zyx[d]) for d in TRI_AXES)
-    halo = _mirror_to(read(lo, (hi[0], hi[1], hi[2])), [max(per_axis[d][-1] + patch[d] - lo[d], 0) for d in TRI_AXES])
-    weights = blend_weights(patch)
-    core_shape = tuple(core_stop[d] - core_start[d] for d in TRI_AXES)
-    total = np.zeros(core_shape, dtype=np.float32)
-    weight_sum = np.zeros(core_shape, dtype=np.float32)
-    starts = list(itertools.product(*per_axis))
-    for first in range(0, len(starts), params.batch_size):
-        group = starts[first : first + params.batch_size]
-        windows = [halo[tuple(slice(s[d] - lo[d], s[d] - lo[d] + patch[d]) for d in TRI_AXES)] for s in group]
-        batch = np.stack([np.moveaxis(w, axis, 0) for w in windows]).astype(np.float32, copy=False)
-        output = np.asarray(predict_fn(batch), dtype=np.float32)
-        if output.shape != batch.shape:
-            raise TapError(f"the model returned shape {output.shape} for a batch of shape {batch.shape}")
-        for start, predicted in zip(group, output, strict=True):
-            _accumulate(total, weight_sum, np.moveaxis(predicted, 0, axis), weights, start, core_start, core_stop)
-    return np.asarray(total / weight_sum, dtype=np.float32)
+    region = AxisRegion(read, shape_zyx, core_start, core_stop, axis)
+    (probability,) = predict_regions([region], predict_fn, params)
+    return probability
 
 
-def _mirror_to(block: Float, size: Sequence[int]) -> Float:
-    """Pad ``block`` at its far ends by mirroring up to ``size`` (only where the volume is shorter
-    than a patch, so the block reaches the volume's end there)."""
-    pads = [(0, max(size[d] - block.shape[d], 0)) for d in TRI_AXES]
-    if not any(after for _, after in pads):
-        return block
-    return np.asarray(np.pad(block, pads, mode="symmetric"), dtype=np.float32)
-
-
-def _accumulate(
-    total: Float,
-    weight_sum: Float,
-    predicted: Float,
-    weights: Float,
-    start: Sequence[int],
-    core_start: Shape3,
-    core_stop: Shape3,
-) -> None:
-    """Add one window's weighted output to the part of the core it overlaps."""
-    src, dst = [], []
-    for d in TRI_AXES:
-        lo, hi = max(start[d], core_start[d]), min(start[d] + predicted.shape[d], core_stop[d])
-        src.append(slice(lo - start[d], hi - start[d]))
-        dst.append(slice(lo - core_start[d], hi - core_start[d]))
-    w = weights[tuple(src)]
-    total[tuple(dst)] += w * predicted[tuple(src)]
-    weight_sum[tuple(dst)] += w
+def _mirrored(length: int, size: int) -> NDArray[np.intp]:
+    """Indices ``0 … size - 1`` folded into ``0 … length - 1`` as ``numpy.pad(mode="symmetric")``
+    folds them: ``0 1 … n-1 n-1 … 1 0 0 1 …``."""
+    folded = np.arange(size) % (2 * length)
+    return np.where(folded < length, folded, 2 * length - 1 - folded)
 
 
 def array_reader(volume: NDArray[Any]) -> BoxReader:
@@ -301,7 +565,8 @@ def tri_axis_probabilities(volume: NDArray[Any], predict_fn: PredictFn, params: 
         raise TapError(f"expected a non-empty (z, y, x) volume, got shape {volume.shape}")
     shape: Shape3 = (int(volume.shape[0]), int(volume.shape[1]), int(volume.shape[2]))
     read = array_reader(volume)
-    return [predict_axis_region(read, shape, (0, 0, 0), shape, predict_fn, params, axis) for axis in params.axes]
+    regions = [AxisRegion(read, shape, (0, 0, 0), shape, axis) for axis in params.axes]
+    return list(predict_regions(regions, predict_fn, params))
 
 
 def tri_axis_predict(volume: NDArray[Any], predict_fn: PredictFn, params: TapParams) -> TapResult:

@@ -6,16 +6,17 @@ smoothed Dice loss and Adam (:mod:`.unet`), measures the validation loss on fixe
 validation split after every epoch, lowers the learning rate by ``plateau_factor`` after
 ``plateau_patience`` epochs without a better validation loss, and keeps the weights of the best
 epoch. The model is written as one artefact (:mod:`.keras_io`), and the validation split is then
-predicted whole and scored with the paper's metrics (:mod:`.metrics`).
+predicted whole and scored with the paper's metrics (:mod:`.metrics`). Batches are made ahead of the
+model by worker processes (:mod:`.pipeline`), so the accelerator does not wait for them.
 
-Deterministic for a seed as far as the backend allows: Keras' seeds and the patch sampler's
-generator both come from ``seed``; multithreaded CPU kernels may still differ in the last bits.
+Deterministic for a seed as far as the backend allows: Keras' seeds and every batch's generator
+both come from ``seed``; multithreaded CPU and GPU kernels may still differ in the last bits.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from etchacell_loop.model import metrics
+from etchacell_loop.model.backend import Precision, precision_policy
 from etchacell_loop.model.data import (
     AugmentParams,
     FloatArray,
@@ -34,11 +36,11 @@ from etchacell_loop.model.data import (
     load_stacks,
     split_stacks,
     to_model_layout,
-    training_batch,
     validation_tiles,
     with_splits,
 )
 from etchacell_loop.model.keras_io import predict_fn_for, save_model
+from etchacell_loop.model.pipeline import BatchPipeline, auto_workers
 from etchacell_loop.model.presets import ModelPreset
 from etchacell_loop.model.tap import TapParams, tri_axis_probabilities
 from etchacell_loop.model.unet import build_unet, compile_unet
@@ -75,6 +77,8 @@ def train_model(
     steps_per_epoch: int | None = None,
     on_epoch: EpochReport | None = None,
     should_stop: Callable[[], bool] | None = None,
+    workers: int | None = None,
+    precision: Precision = "float32",
 ) -> TrainResult:
     """Train ``preset`` on ``slices`` and write ``out_dir/model.keras``.
 
@@ -84,9 +88,11 @@ def train_model(
     when it says yes, training ends and the best weights so far are saved. Records without a split
     get one by ROI (:func:`etchacell_loop.model.data.with_splits`); training needs at least one
     train and one validation ROI, else :class:`~etchacell_loop.model.data.TrainingDataError`.
+    ``workers`` processes make the batches ahead of the model (:mod:`.pipeline`; ``None``: every
+    core but one, 0: in this process); the batches are the same for a seed whatever their number.
+    ``precision``: ``float32`` or ``mixed_bfloat16`` (:mod:`.backend`); the artefact keeps it.
     """
     keras.utils.set_random_seed(seed)
-    rng = np.random.default_rng(seed)
     stacks = split_stacks(load_stacks(with_splits(slices, seed), preset))
     for split in ("train", "validation"):
         if not stacks[split]:
@@ -96,37 +102,34 @@ def train_model(
     n_epochs = epochs if epochs is not None else preset.epochs
     n_steps = steps_per_epoch if steps_per_epoch is not None else preset.steps_per_epoch
     val_x, val_y = validation_tiles(stacks["validation"], preset.patch_zyx, preset.validation_patches, seed)
-    model = compile_unet(build_unet(preset), preset)
+    with precision_policy(precision):
+        model = compile_unet(build_unet(preset), preset)
     best = _BestWeights(model)
     report = _epoch_reporter(model, best, n_epochs, on_epoch, should_stop)
-    fitted = model.fit(
-        _batches(stacks["train"], preset, rng),
-        steps_per_epoch=n_steps,
-        epochs=n_epochs,
-        validation_data=(to_model_layout(val_x, preset.architecture), to_model_layout(val_y, preset.architecture)),
-        validation_batch_size=preset.batch_size,
-        callbacks=[
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=preset.plateau_factor, patience=preset.plateau_patience, verbose=0
-            ),
-            keras.callbacks.LambdaCallback(on_epoch_end=report),
-        ],
-        verbose=0,
-    )
+    params = AugmentParams(zoom_range=ZOOM_RANGE if preset.zoom_augmentation else None)
+    n_workers = auto_workers() if workers is None else workers
+    with BatchPipeline(stacks["train"], preset, params, seed=seed, workers=n_workers) as batches:
+        fitted = model.fit(
+            batches.generator(),
+            steps_per_epoch=n_steps,
+            epochs=n_epochs,
+            validation_data=(to_model_layout(val_x, preset.architecture), to_model_layout(val_y, preset.architecture)),
+            validation_batch_size=preset.batch_size,
+            shuffle=False,  # batches are drawn at random already; fit would only warn that it cannot shuffle them
+            callbacks=[
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=preset.plateau_factor, patience=preset.plateau_patience, verbose=0
+                ),
+                keras.callbacks.LambdaCallback(on_epoch_end=report),
+            ],
+            verbose=0,
+        )
     best.restore()
     artifact = save_model(model, preset, out_dir / ARTIFACT_NAME)
     history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
     val_metrics = {"loss": best.loss, **validation_metrics(predict_fn_for(model, preset), stacks["validation"], preset)}
     epochs_run = len(history.get("loss", []))
     return TrainResult(artifact, preset, history, val_metrics, best.epoch, epochs_run, stopped=epochs_run < n_epochs)
-
-
-def _batches(stacks: Sequence[Stack], preset: ModelPreset, rng: np.random.Generator) -> Iterator[tuple[Any, Any]]:
-    """Endless training batches in the model's layout."""
-    params = AugmentParams(zoom_range=ZOOM_RANGE if preset.zoom_augmentation else None)
-    while True:
-        x, y = training_batch(stacks, preset, rng, params)
-        yield to_model_layout(x, preset.architecture), to_model_layout(y, preset.architecture)
 
 
 class _BestWeights:

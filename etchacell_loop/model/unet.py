@@ -57,7 +57,8 @@ def build_unet(preset: ModelPreset) -> keras.Model:
         x = _conv_pair(x, preset.start_filters * 2**level, preset, f"up{level}")
     channels = 1 if three_d else preset.patch_zyx[0]
     conv = layers.Conv3D if three_d else layers.Conv2D
-    outputs = conv(channels, 1, activation="sigmoid", name="envelope")(x)
+    # float32 even under mixed precision: the Dice loss sums over a whole batch of probabilities.
+    outputs = conv(channels, 1, activation="sigmoid", dtype="float32", name="envelope")(x)
     return keras.Model(inputs, outputs, name=f"unet_{preset.name}")
 
 

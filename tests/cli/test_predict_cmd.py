@@ -19,7 +19,7 @@ from etchacell_loop.imaging.synth_volume import SynthSpec, generate_volume
 from etchacell_loop.imaging.volume import open_label, open_volume
 from etchacell_loop.model import registry
 from etchacell_loop.model.presets import get_preset
-from etchacell_loop.model.tap import DEFAULT_MIN_COMPONENT_VOXELS
+from etchacell_loop.model.tap import DEFAULT_BATCH_SIZE, DEFAULT_MIN_COMPONENT_VOXELS
 from tests.model.envelope_truth import TruthRoi, f_measure, write_truth_roi
 
 keras = pytest.importorskip("keras")
@@ -162,6 +162,17 @@ def test_keep_largest_is_on_for_an_roi_and_off_for_the_whole_volume_unless_told(
     assert "--no-keep-largest" in shown.stdout and "on with --roi, off for the whole volume" in shown.stdout
 
 
+def test_the_batch_size_is_the_option_or_a_cpus_and_is_recorded(artefact: Path, volume: Path, tmp_path: Path) -> None:
+    base = ["predict", str(volume), "--model", str(artefact), "--min-component-voxels", "0", "--roi", "cell01"]
+    for name, extra, expected in (("given", ["--batch-size", "3"], 3), ("automatic", [], DEFAULT_BATCH_SIZE)):
+        out = tmp_path / f"{name}.zarr"
+        result = runner.invoke(app, [*base, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        assert _tap_attrs(out)["batch_size"] == expected, name  # this machine has no accelerator
+    shown = runner.invoke(app, ["predict", "--help"])
+    assert "--batch-size" in shown.stdout and "8 on a CPU, 32 on an accelerator" in shown.stdout
+
+
 def test_predict_by_version_name_from_the_database(
     db_url: str, artefact: Path, volume: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,6 +213,7 @@ def test_predict_by_version_name_from_the_database(
         (["--roi", "1,2,3,0,5,5"], "must be positive"),
         (["--chunk", "4,16"], "--chunk '4,16'"),
         (["--min-component-voxels", "-1"], "must not be negative"),
+        (["--batch-size", "0"], "--batch-size"),
     ],
 )
 def test_predict_refuses_bad_options_in_one_line(

@@ -15,17 +15,22 @@ from scipy import ndimage
 
 from etchacell_loop.imaging.omezarr import downsample_2x
 from etchacell_loop.imaging.volume import RoiBox, open_label, open_volume
+from etchacell_loop.model import predict as predict_module
 from etchacell_loop.model.data import normalise_intensity
 from etchacell_loop.model.evaluation import PredictionOnSource, upscale_to_source
 from etchacell_loop.model.metrics import Table1Accumulator
 from etchacell_loop.model.predict import (
     HIGH_PERCENTILE,
     PredictError,
+    apply_window,
+    block_mean,
     chunk_boxes,
+    intensity_window,
     kept_labels,
     predict_volume,
     prediction_grid,
     resampling_factors,
+    scratch_chunks,
 )
 from etchacell_loop.model.presets import ModelPreset, get_preset
 from etchacell_loop.model.tap import (
@@ -93,6 +98,57 @@ def test_resampling_factors_round_to_whole_source_voxels() -> None:
     assert resampling_factors((50.0, 10.0, 10.0), 50.0) == (1, 5, 5)
     assert resampling_factors((8.0, 8.0, 8.0), 50.0) == (6, 6, 6)
     assert resampling_factors((100.0, 5.0, 5.0), 50.0) == (1, 10, 10)
+
+
+def float64_block_mean(block: np.ndarray, factor_zyx: tuple[int, int, int]) -> np.ndarray:
+    """The reference: edge-padded blocks averaged in float64 over a six-dimensional reshape."""
+    pads = [(0, -n % f) for n, f in zip(block.shape, factor_zyx, strict=True)]
+    padded = np.pad(block, pads, mode="edge")
+    z, y, x = padded.shape
+    fz, fy, fx = factor_zyx
+    blocks = padded.reshape(z // fz, fz, y // fy, fy, x // fx, fx)
+    return np.asarray(blocks.mean(axis=(1, 3, 5), dtype=np.float64), dtype=np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32])
+@pytest.mark.parametrize("factor", [(1, 1, 1), (1, 5, 5), (2, 3, 7), (6, 6, 6)])
+def test_block_means_equal_the_float64_mean_bit_for_bit(dtype: type, factor: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(5)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        block = rng.integers(info.min, info.max, (13, 31, 29), dtype=dtype, endpoint=True)  # the extremes too
+        block[0, 0, :] = info.max
+        block[1, 0, :] = info.min
+    else:
+        block = (rng.random((13, 31, 29)) * 1000).astype(dtype)
+    assert np.array_equal(block_mean(block, factor), float64_block_mean(block, factor))
+
+
+def test_the_scratch_chunks_divide_the_prediction_chunks() -> None:
+    assert scratch_chunks((64, 256, 256)) == (16, 128, 128)
+    assert scratch_chunks((4, 16, 16)) == (4, 16, 16)
+    assert scratch_chunks((32, 48, 200)) == (16, 48, 200)  # 128 does not divide 48 or 200: the chunk's own
+
+
+def test_a_large_regions_window_comes_from_slices_resampled_from_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above WINDOW_SAMPLE_VOXELS the window is taken over evenly spaced slices, read from the source
+    before the region is resampled; the prediction equals the in-memory TAP with that window."""
+    source = shell_volume((12, 150, 160), seed=6)
+    path = write_ome_zarr(tmp_path / "cells.zarr", source, scale=(50.0, 10.0, 10.0))
+    monkeypatch.setattr(predict_module, "WINDOW_SAMPLE_VOXELS", 4 * 30 * 32)  # four of the twelve slices
+    params = TapParams(patch_zyx=PATCH, min_component_voxels=0)
+    with open_volume(path) as volume:
+        report = predict_volume(
+            volume, smoothing_fn, patch_preset(), tmp_path / "p.zarr", params=params, chunk_zyx=(4, 16, 16)
+        )
+    resampled = source.reshape(12, 30, 5, 32, 5).mean(axis=(2, 4)).astype(np.float32)
+    window = intensity_window(resampled[[0, 4, 7, 11]])  # linspace(0, 11, 4) rounded
+    assert report.intensity_window == window != intensity_window(resampled)
+    reference = tri_axis_predict(apply_window(resampled, window), smoothing_fn, params)
+    assert np.array_equal(read_envelope(tmp_path / "p.zarr"), reference.envelope)
+    assert report.voted_voxels == int(reference.voted.sum()) > 0
 
 
 def test_chunked_prediction_equals_the_in_memory_tap(tmp_path: Path) -> None:

@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
+import itertools
+import sys
+import threading
+import types
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from etchacell_loop.model import tap
 from etchacell_loop.model.tap import (
+    ACCELERATOR_BATCH_SIZE,
     COMPONENT_CONNECTIVITY,
+    DEFAULT_BATCH_SIZE,
+    AxisRegion,
+    BoxReader,
+    PredictFn,
+    Shape3,
     TapError,
     TapParams,
     agreement_counts,
     array_reader,
+    blend_weights,
     combine_votes,
     disagreement,
     predict_axis_region,
+    predict_regions,
     remove_small_components,
+    resolve_batch_size,
     tri_axis_predict,
     tri_axis_probabilities,
     view_patch,
     window_starts,
+    window_step,
 )
 
 
@@ -151,3 +167,156 @@ def test_bad_parameters_are_refused_in_one_line() -> None:
         TapParams(patch_zyx=(4, 8, 8), axes=(0, 3))
     with pytest.raises(TapError, match="returned shape"):
         tri_axis_probabilities(np.zeros((4, 8, 8), np.float32), lambda b: b[:, :1], TapParams(patch_zyx=(4, 8, 8)))
+
+
+# --- the pipeline against a plain sequential loop ---------------------------------------------------
+
+
+def sequential_axis_region(
+    read: BoxReader,
+    shape_zyx: Shape3,
+    core_start: Shape3,
+    core_stop: Shape3,
+    predict_fn: PredictFn,
+    params: TapParams,
+    axis: int,
+) -> np.ndarray:
+    """The reference: one batch after another on one thread, windows cut in volume axes and moved,
+    blended one by one (the implementation before the pipeline, kept verbatim in substance)."""
+    patch = view_patch(params.patch_zyx, axis)
+    per_axis = [
+        [
+            s
+            for s in window_starts(shape_zyx[d], patch[d], window_step(patch[d], params.overlap))
+            if s < core_stop[d] and s + patch[d] > core_start[d]
+        ]
+        for d in range(3)
+    ]
+    lo = [per_axis[d][0] for d in range(3)]
+    hi = tuple(min(per_axis[d][-1] + patch[d], shape_zyx[d]) for d in range(3))
+    block = read((lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2]))
+    pads = [(0, max(per_axis[d][-1] + patch[d] - lo[d] - block.shape[d], 0)) for d in range(3)]
+    halo = np.asarray(np.pad(block, pads, mode="symmetric"), dtype=np.float32)
+    weights = blend_weights(patch)
+    core_shape = tuple(core_stop[d] - core_start[d] for d in range(3))
+    total = np.zeros(core_shape, dtype=np.float32)
+    weight_sum = np.zeros(core_shape, dtype=np.float32)
+    starts = list(itertools.product(*per_axis))
+    assert params.batch_size is not None
+    for first in range(0, len(starts), params.batch_size):
+        group = starts[first : first + params.batch_size]
+        windows = [halo[tuple(slice(s[d] - lo[d], s[d] - lo[d] + patch[d]) for d in range(3))] for s in group]
+        batch = np.stack([np.moveaxis(w, axis, 0) for w in windows]).astype(np.float32, copy=False)
+        output = np.asarray(predict_fn(batch), dtype=np.float32)
+        for start, predicted in zip(group, output, strict=True):
+            moved = np.moveaxis(predicted, 0, axis)
+            src, dst = [], []
+            for d in range(3):
+                a, b = max(start[d], core_start[d]), min(start[d] + patch[d], core_stop[d])
+                src.append(slice(a - start[d], b - start[d]))
+                dst.append(slice(a - core_start[d], b - core_start[d]))
+            w = weights[tuple(src)]
+            total[tuple(dst)] += w * moved[tuple(src)]
+            weight_sum[tuple(dst)] += w
+    return np.asarray(total / weight_sum, dtype=np.float32)
+
+
+def nonlinear_fn(batch: np.ndarray) -> np.ndarray:
+    """Deterministic, depends on the whole window and on each window's place in its batch (so a
+    batch composed differently from the reference's would show)."""
+    smoothed = ndimage.uniform_filter(batch, size=(1, 3, 3, 3), mode="nearest")
+    rank = np.arange(batch.shape[0], dtype=np.float32)[:, None, None, None]
+    return np.asarray(1 / (1 + np.exp(-8 * (smoothed - 0.5))) + 1e-3 * rank, dtype=np.float32)
+
+
+@pytest.mark.parametrize(("batch_size", "overlap"), [(1, 0.25), (3, 0.5), (7, 0.25), (500, 0.0)])
+def test_the_pipeline_equals_a_plain_sequential_loop_bit_for_bit(batch_size: int, overlap: float) -> None:
+    rng = np.random.default_rng(11)
+    volume = rng.random((11, 37, 29), dtype=np.float32)  # z shorter than the y and x views' patch: mirrored
+    shape: Shape3 = (11, 37, 29)
+    params = TapParams(patch_zyx=(4, 16, 8), overlap=overlap, batch_size=batch_size)
+    read = array_reader(volume)
+    cores = [((0, 0, 0), shape), ((3, 5, 2), (9, 30, 17)), ((0, 36, 28), shape)]
+    regions = [AxisRegion(read, shape, start, stop, axis) for start, stop in cores for axis in (0, 1, 2)]
+    pipelined = list(predict_regions(regions, nonlinear_fn, params))  # many regions through one pipeline
+    assert len(pipelined) == len(regions)
+    for region, probability in zip(regions, pipelined, strict=True):
+        expected = sequential_axis_region(
+            read, shape, region.core_start, region.core_stop, nonlinear_fn, params, region.axis
+        )
+        assert probability.dtype == np.float32 and probability.flags.c_contiguous
+        assert np.array_equal(probability, expected), (region.core_start, region.axis)
+
+
+def test_a_volume_shorter_than_the_patch_in_two_axes_is_mirrored_as_numpy_pads_it() -> None:
+    volume = np.random.default_rng(13).random((5, 6, 29), dtype=np.float32)
+    params = TapParams(patch_zyx=(4, 16, 8), batch_size=2)  # the x view's patch is 16 x 8 x 4 in z, y, x
+    pipelined = tri_axis_probabilities(volume, nonlinear_fn, params)
+    for axis, probability in enumerate(pipelined):
+        expected = sequential_axis_region(
+            array_reader(volume), (5, 6, 29), (0, 0, 0), (5, 6, 29), nonlinear_fn, params, axis
+        )
+        assert np.array_equal(probability, expected), axis
+
+
+def test_the_model_sees_the_batches_of_the_sequential_loop() -> None:
+    rng = np.random.default_rng(12)
+    volume = rng.random((9, 30, 20), dtype=np.float32)
+    params = TapParams(patch_zyx=(4, 8, 8), batch_size=5)
+    seen: dict[str, list[np.ndarray]] = {"pipeline": [], "reference": []}
+
+    def recording(name: str) -> PredictFn:
+        def predict(batch: np.ndarray) -> np.ndarray:
+            seen[name].append(batch.copy())
+            return nonlinear_fn(batch)
+
+        return predict
+
+    for axis in (0, 1, 2):
+        predict_axis_region(
+            array_reader(volume), (9, 30, 20), (2, 4, 0), (9, 30, 20), recording("pipeline"), params, axis
+        )
+        sequential_axis_region(
+            array_reader(volume), (9, 30, 20), (2, 4, 0), (9, 30, 20), recording("reference"), params, axis
+        )
+    assert len(seen["pipeline"]) == len(seen["reference"]) > 3
+    for ours, theirs in zip(seen["pipeline"], seen["reference"], strict=True):
+        assert ours.flags.c_contiguous and np.array_equal(ours, theirs)
+
+
+def test_a_failing_model_stops_the_pipeline_and_leaves_no_thread() -> None:
+    calls = []
+
+    def failing(batch: np.ndarray) -> np.ndarray:
+        calls.append(batch.shape[0])
+        if len(calls) == 3:
+            raise RuntimeError("out of device memory")
+        return batch
+
+    volume = np.zeros((8, 64, 64), dtype=np.float32)
+    with pytest.raises(RuntimeError, match="device memory"):
+        tri_axis_probabilities(volume, failing, TapParams(patch_zyx=(4, 8, 8), batch_size=2))
+    assert len(calls) == 3
+    assert not [t for t in threading.enumerate() if t.name.startswith("tap-")]
+
+
+@pytest.mark.parametrize("length", [1, 2, 5])
+def test_mirror_indices_fold_as_numpys_symmetric_padding(length: int) -> None:
+    line = np.arange(length, dtype=np.float32)
+    for size in (length, length + 1, 2 * length, 5 * length + 3):
+        padded = np.pad(line, (0, size - length), mode="symmetric")
+        assert np.array_equal(line[tap._mirrored(length, size)], padded), size
+
+
+def test_the_batch_size_is_automatic_unless_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_batch_size(5) == 5
+    monkeypatch.delitem(sys.modules, "keras", raising=False)  # no Keras model here: a CPU's batch, nothing imported
+    assert resolve_batch_size(None) == DEFAULT_BATCH_SIZE == 8
+    assert "keras" not in sys.modules
+    backend = pytest.importorskip("etchacell_loop.model.backend")
+    monkeypatch.setitem(sys.modules, "keras", types.ModuleType("keras"))
+    for present, expected in ((True, ACCELERATOR_BATCH_SIZE), (False, DEFAULT_BATCH_SIZE)):
+        monkeypatch.setattr(backend, "accelerator_present", lambda present=present: present)
+        assert resolve_batch_size(None) == expected
+    assert ACCELERATOR_BATCH_SIZE == 32
+    assert TapParams(patch_zyx=(4, 8, 8)).batch_size is None
