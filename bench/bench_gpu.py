@@ -26,6 +26,13 @@ still says what it measured:
 
 ``--stages`` picks some of ``model e2e tap table1``. Nothing here needs the daemon's libraries: the
 GPU machine needs the deep-learning stack, numpy/scipy/scikit-image/pillow/tifffile and zarr.
+
+Where the GPU machine has PyTorch and/or JAX with numpy, scipy and scikit-image but nothing else, carry
+these wheels (``pip download --only-binary :all: --no-deps --python-version 3.12 -d .whl ...``) and
+install them with ``pip install --no-index --no-deps --target /tmp/site .whl/*.whl`` before the run
+(``PYTHONPATH=/tmp/site``): keras, namex, optree (the model); zarr, numcodecs, donfig, google-crc32c,
+msgspec (OME-Zarr, the work folder's stacks); plus pillow, tifffile and typing-extensions where the
+machine lacks them.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ PAPER_TAP_MIN = 48.0  # the paper: TAP of the whole volume in 48 min
 GOAL_SCHEDULE_MIN = 8.0
 GOAL_TAP_MIN = 2.0
 GOAL_E2E_SHARE = 0.9
+TABLE1_OVERHEAD_S = 150.0
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
@@ -233,7 +241,9 @@ def measure_e2e(run: Run, best: Mapping[str, tuple[str, int, float]], steps: int
     return rates
 
 
-def measure_tap(run: Run, backend: str, precision: str, grids: Sequence[str], chunk: str, batch: int) -> None:
+def measure_tap(
+    run: Run, backend: str, precision: str, grids: Sequence[str], chunk: str, batch: int, preset: str
+) -> None:
     """TAP of each of ``grids`` (model voxels at 50 nm, the paper preset), projected to the paper's
     volume; a larger grid is tried only when the smaller one's time says it fits in what is left."""
     last_s = 0.0
@@ -245,7 +255,7 @@ def measure_tap(run: Run, backend: str, precision: str, grids: Sequence[str], ch
             run.row({"stage": "tap", "grid": grid, "skipped": f"needs about {expected:.0f} s, {run.left():.0f} s left"})
             return
         command = [
-            sys.executable, str(HERE / "bench_predict.py"), "--preset", "paper", "--grid", grid, "--chunk", chunk,
+            sys.executable, str(HERE / "bench_predict.py"), "--preset", preset, "--grid", grid, "--chunk", chunk,
             "--batch-size", str(batch), "--source-factor", "1", "--precision", precision, "--unet-only", "--json",
         ]  # fmt: skip
         timeout = run.left() - 5
@@ -302,21 +312,25 @@ def np_prod(grid: str) -> int:
 
 
 def measure_table1(
-    run: Run, work: Path, backend: str, precision: str, batch: int, steps_per_s: float, reserve_s: float
+    run: Run, work: Path, backend: str, config: tuple[str, int, str], steps_per_s: float, reserve_s: float
 ) -> None:
-    """The paper preset trained on ``work`` for as many of its 100 epochs as time allows, then Table 1."""
-    budget = run.left() - reserve_s
-    epochs = min(100, int(budget * steps_per_s / 100 * 0.85))
+    """The preset trained on ``work`` for as many of the paper's epochs (100 steps of 12 patches, fewer
+    steps of a larger batch) as time allows, then Table 1; ``config`` is (precision, batch, preset).
+    ``TABLE1_OVERHEAD_S`` is kept for reading the stacks, predicting and scoring."""
+    precision, batch, preset = config
+    steps = max(1, round(100 * 12 / batch))
+    budget = run.left() - reserve_s - TABLE1_OVERHEAD_S
+    epochs = min(100, int(budget * steps_per_s / steps * 0.9))
     if epochs < 2:
         run.row({"stage": "table1", "skipped": f"{budget:.0f} s left is too little to train"})
         return
     command = [
         sys.executable, str(HERE / "bench_envelope.py"), "--work", str(work), "--stages", "model", "--preset",
-        "paper", "--epochs", str(epochs), "--steps", "100", "--batch-size", str(batch), "--precision", precision,
-        "--rule", "each", "--json",
+        preset, "--epochs", str(epochs), "--steps", str(steps), "--batch-size", str(batch), "--precision",
+        precision, "--rule", "each", "--json",
     ]  # fmt: skip
     env = {**os.environ, "KERAS_BACKEND": backend}
-    log(f"table1: {epochs} epochs of 100 steps on {backend} ({precision}, batch {batch})")
+    log(f"table1: {epochs} epochs of {steps} steps on {backend} ({precision}, batch {batch})")
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=max(30.0, run.left() - 5), env=env)
     except subprocess.TimeoutExpired:
@@ -374,9 +388,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     precision, batch, _ = best.get(fastest, ("float32", 12, 0.0))
     if "table1" in args.stages and args.work is not None:
         reserve = args.tap_reserve_s if "tap" in args.stages else 0.0
-        measure_table1(run, args.work, fastest, precision, batch, rates.get(fastest, 20.0) * 12 / batch, reserve)
+        steps_per_s = rates.get(fastest, 20.0)
+        measure_table1(run, args.work, fastest, (precision, batch, args.preset), steps_per_s, reserve)
     if "tap" in args.stages:
-        measure_tap(run, fastest, precision, args.tap_grids, args.tap_chunk, args.tap_batch)
+        measure_tap(run, fastest, precision, args.tap_grids, args.tap_chunk, args.tap_batch, args.preset)
     run.record("seconds", round(time.monotonic() - run.started, 1))
     print_table(run.results)
 
