@@ -62,6 +62,9 @@ class PanoptesSettings(_Section):
     client_secret_file: Path | None = None
     request_timeout_s: float = Field(default=30.0, gt=0)
     page_size: int = Field(default=100, ge=1, le=100)
+    # Ingest re-reads this many ids below its cursor: a classification committed after a higher id
+    # was read still arrives (ids are site-wide; 500 is a minute or two of Zooniverse's traffic).
+    lookback_ids: int = Field(default=500, ge=0)
 
     @field_validator("endpoint", "caesar_endpoint")
     @classmethod
@@ -117,6 +120,10 @@ class ConsensusSettings(_Section):
     gate_iou: float = Field(default=0.5, ge=0.0, le=1.0)
     flag_below_dice: float = Field(default=0.5, ge=0.0, le=1.0)
     flag_min_slices: int = Field(default=3, ge=1)
+    # corrections of a machine outline (cria/correction.py, docs/corrections.md)
+    correction_kept_weight: float = Field(default=0.5, gt=0.0, le=1.0)
+    correction_agree_dice: float = Field(default=0.9, gt=0.0, le=1.0)
+    correction_min_edits: int = Field(default=2, ge=1)
 
 
 class RetirementSettings(_Section):
@@ -129,6 +136,7 @@ class RetirementSettings(_Section):
 
     policy: Literal["stable-consensus", "fixed-count"] = "stable-consensus"
     min_classifications: int = Field(default=8, ge=1)
+    min_corrections: int = Field(default=4, ge=1)  # the same, for correction subjects (bench_corrections.py)
     max_classifications: int = Field(default=30, ge=1)
     stability_dice: float = Field(default=0.95, gt=0.0, le=1.0)
     stable_checks: int = Field(default=2, ge=1)
@@ -171,6 +179,10 @@ class CorrectionSettings(_Section):
     min_component_voxels: int | None = Field(default=None, ge=0)  # None: the paper's 10,000 model voxels
     keep_largest: bool = True  # keep only each ROI's largest envelope component: its nucleus (paper section 4.12)
     tap_batch_size: int | None = Field(default=None, ge=1)  # TAP windows per model call; None: 8 CPU, 32 accelerator
+    # the monitoring guard (loop/monitoring.py): a version whose corrected consensus agrees with the traced one
+    # on its monitoring slices below this median Dice, once this many are measured, is not trained on
+    min_monitoring_dice: float = Field(default=0.8, ge=0.0, le=1.0)
+    min_monitoring_slices: int = Field(default=3, ge=1)
 
 
 class ImagingSettings(_Section):

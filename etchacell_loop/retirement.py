@@ -28,7 +28,7 @@ Pure functions over records: no database, no files, no network (the retire job m
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from etchacell_loop.config import RetirementSettings
 
@@ -138,13 +138,19 @@ RULES: Mapping[str, Callable[[RetirementSettings], StoppingRule]] = {
 }
 
 
-def stopping_rule(settings: RetirementSettings) -> StoppingRule:
-    """The rule ``retirement.policy`` names, with its parameters from the same section."""
+def stopping_rule(settings: RetirementSettings, corrections: bool = False) -> StoppingRule:
+    """The rule ``retirement.policy`` names, with its parameters from the same section. For
+    correction subjects (``corrections``) the stable-consensus rule starts at ``min_corrections``:
+    a machine outline that the first volunteers keep, or change the same way, needs fewer checks
+    than a slice traced from nothing (``bench/bench_corrections.py`` measures the quality kept)."""
     try:
         factory = RULES[settings.policy]
     except KeyError:
         raise KeyError(f"unknown retirement policy {settings.policy!r}; known: {', '.join(sorted(RULES))}") from None
-    return factory(settings)
+    rule = factory(settings)
+    if corrections and isinstance(rule, StableConsensus):
+        return replace(rule, min_classifications=min(settings.min_corrections, rule.max_classifications))
+    return rule
 
 
 def _shown(value: float | None) -> str:

@@ -9,6 +9,16 @@ export COLUMNS=${COLUMNS:-120}
 etchacell() { "$BIN/etchacell" "$@"; }
 step() { printf '\n\033[1;36m== %s\033[0m\n' "$*"; }
 STARTED=$(date +%s)
+# The servers started in the background are stopped however the demo ends (done, failed, Ctrl-C), and
+# waited for, so that no process is left behind and the next demo can bind the same ports. They are
+# started with "$BIN/etchacell" itself, never the function above: `$!` of a backgrounded function is
+# the subshell running it, and killing that would leave the server running.
+SANDBOX_PID="" DASHBOARD_PID=""
+stop_servers() {
+  for pid in $DASHBOARD_PID $SANDBOX_PID; do kill "$pid" 2>/dev/null || true; done
+  for pid in $DASHBOARD_PID $SANDBOX_PID; do wait "$pid" 2>/dev/null || true; done
+}
+trap stop_servers EXIT
 # A demo starts from nothing: an earlier demo's data directory (marked as such) is removed first.
 if [ -e "$ETCHACELL_DATA_DIR/.etchacell-demo" ]; then rm -rf "$ETCHACELL_DATA_DIR"; fi
 mkdir -p "$ETCHACELL_DATA_DIR" && touch "$ETCHACELL_DATA_DIR/.etchacell-demo"
@@ -33,7 +43,6 @@ step "A local stand-in of Zooniverse: the Panoptes sandbox (state in $ETCHACELL_
 PORT=${SANDBOX_PORT:-8765}
 "$BIN/etchacell" sandbox serve --port "$PORT" --state "$ETCHACELL_DATA_DIR/sandbox" > "$ETCHACELL_DATA_DIR/sandbox.log" 2>&1 &
 SANDBOX_PID=$!
-trap 'kill $SANDBOX_PID 2>/dev/null || true' EXIT
 "$BIN/python" -c "
 import sys, time, httpx
 for _ in range(150):
@@ -91,7 +100,7 @@ step "The ops dashboard over the demo database: every page answers (the token co
 head -c 24 /dev/urandom | base64 > "$ETCHACELL_DATA_DIR/operator-token" && chmod 600 "$ETCHACELL_DATA_DIR/operator-token"
 DASHBOARD_PORT=${DEMO_DASHBOARD_PORT:-8089}
 ETCHACELL_DASHBOARD__OPERATOR_TOKEN_FILE="$ETCHACELL_DATA_DIR/operator-token" \
-  etchacell dashboard --port "$DASHBOARD_PORT" > "$ETCHACELL_DATA_DIR/dashboard.log" 2>&1 &
+  "$BIN/etchacell" dashboard --port "$DASHBOARD_PORT" > "$ETCHACELL_DATA_DIR/dashboard.log" 2>&1 &
 DASHBOARD_PID=$!
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$DASHBOARD_PORT/login" && break; sleep 0.2; done
 for page in / /subject-sets /consensus /models /events; do
@@ -100,9 +109,13 @@ for page in / /subject-sets /consensus /models /events; do
 done
 kill "$DASHBOARD_PID" 2>/dev/null || true
 wait "$DASHBOARD_PID" 2>/dev/null || true
+DASHBOARD_PID=""
 printf 'Open it yourself: ETCHACELL_DATA_DIR=%s ETCHACELL_DASHBOARD__OPERATOR_TOKEN_FILE=%s/operator-token %s/etchacell dashboard\n' \
   "$ETCHACELL_DATA_DIR" "$ETCHACELL_DATA_DIR" "$BIN"
 
 ELAPSED=$(( $(date +%s) - STARTED ))
 printf '\nmake demo took %d min %d s.\n' $(( ELAPSED / 60 )) $(( ELAPSED % 60 ))
-printf '\nDemo data lives in %s: the database stays for `etchacell query` (remove it with `make clean-demo`).\n' "$ETCHACELL_DATA_DIR"
+DATA_DIR_ABSOLUTE=$(cd "$ETCHACELL_DATA_DIR" && pwd)
+printf '\nDemo data lives in %s; the database stays there (remove it with `make clean-demo`).\n' "$DATA_DIR_ABSOLUTE"
+printf 'Point `etchacell status`, `etchacell query` and the other commands at it (they read ./data otherwise):\n\n'
+printf '    export ETCHACELL_DATA_DIR=%q\n' "$DATA_DIR_ABSOLUTE"

@@ -49,6 +49,7 @@ from etchacell_loop.db.models import (
     TrainingTrigger,
     Workflow,
 )
+from etchacell_loop.db.queries import get_query, run_query
 from etchacell_loop.loop.machine_marks import is_machine_mark_id
 from etchacell_loop.loop.runs import active_run, queue_training_run
 from etchacell_loop.model import registry
@@ -182,18 +183,27 @@ def start(name: str, command: list[str], logs: Path) -> subprocess.Popen[bytes]:
 
 
 def stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    for process in processes.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+    """SIGTERM to every process still running, then wait for each (killed after 90 s)."""
+    asked = {name for name, process in processes.items() if process.poll() is None}
+    for name in asked:
+        processes[name].send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 90
     for name, process in processes.items():
         try:
             code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
-            print(f"  {name} stopped (exit {code})")
+            print(f"  {name} {stopped(code, name in asked)}")
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
             print(f"  {name} did not stop in time: killed")
+
+
+def stopped(code: int, asked: bool) -> str:
+    """How a process ended, in words: a stop the demo asked for (SIGTERM: exit 0, or the signal
+    itself for a command that does not catch it) is as planned; anything else shows its exit."""
+    if asked and code in (0, -signal.SIGTERM, 128 + signal.SIGTERM):
+        return "stopped as planned"
+    return f"ended by itself (exit {code})" if not asked else f"stopped (exit {code})"
 
 
 def watch(
@@ -202,13 +212,15 @@ def watch(
     deadline: float,
     rounds: int,
     training: TrainingSettings,
-) -> bool:
+) -> str | None:
+    """Follow the loop until ``rounds`` model versions have had their predictions corrected: None
+    then, else what did not complete (the time limit, or a process that ended)."""
     last = ""
     while time.monotonic() < deadline:
         for name, process in processes.items():
             if process.poll() is not None:
                 print(f"  {name} ended early (exit {process.returncode}); see its log")
-                return False
+                return f"the {name} ended early (exit {process.returncode}; see its log)"
         state = snapshot(engine)
         line = state.line()
         if line != last:
@@ -219,10 +231,11 @@ def watch(
                 print(f"  {note}", flush=True)
         if len(state.measured_versions) >= rounds:
             print(f"  {rounds} rounds done: corrections measured for {', '.join(sorted(state.measured_versions))}")
-            return True
+            return None
         time.sleep(POLL_S)
     print("  stopped at the time limit")
-    return False
+    done = len(snapshot(engine).measured_versions)
+    return f"{done} of {rounds} rounds had their corrections measured within the time limit"
 
 
 # --- the report -----------------------------------------------------------------------------------------
@@ -234,6 +247,7 @@ def report(engine: Engine, seconds: float) -> None:
         versions = list(session.exec(select(ModelVersion).order_by(col(ModelVersion.id))).all())
         print_models(session, versions)
         print_corrections(session, versions)
+    print_effort(engine)
     print(f"\nloop wall time: {seconds / 60:.1f} min")
 
 
@@ -311,6 +325,43 @@ def print_corrections(session: Session, versions: list[ModelVersion]) -> None:
         )
 
 
+def print_effort(engine: Engine) -> None:
+    """Volunteer time per settled slice in each round and what correcting saved against tracing, beside
+    the quality reached: the named query ``volunteer_effort``, as ``etchacell status`` shows it."""
+    print(
+        "\nvolunteer effort per settled slice (each classification's finished_at - started_at, as Zooniverse "
+        "records it; untimed ones counted at their round's mean)"
+    )
+    rounds = run_query(engine, get_query("volunteer_effort")).as_dicts()
+    if not rounds:
+        print("  no settled slices yet")
+    for row in rounds:
+        print(f"  {effort_line(row)}")
+
+
+def effort_line(row: dict[str, Any]) -> str:
+    """One round: its effort, the time it saved against tracing, and its quality."""
+    what = "tracing from scratch" if row["task"] == "tracing" else f"correcting {row['model_version'] or '?'}"
+    untimed = f", {row['untimed']} untimed ({row['untimed_why']})" if row["untimed"] else ""
+    line = (
+        f"round {row['round'] if row['round'] is not None else '?'}, {what}: {row['settled_slices']} settled slices, "
+        f"{_fig(row['classifications_per_slice'])} classifications and {_seconds(row['seconds_per_slice'])} "
+        f"volunteer-seconds per slice{untimed}"
+    )
+    if row["task"] == "tracing":
+        return line
+    saved = "n/a" if row["saved_vs_tracing"] is None else f"{100 * row['saved_vs_tracing']:.0f}%"
+    return (
+        f"{line}; volunteer time saved against tracing {saved}; median correction Dice "
+        f"{_fig(row['median_correction_dice'])}; corrected vs traced consensus (monitoring) Dice "
+        f"{_fig(row['median_monitoring_dice'])} on {row['monitored_slices']} slices"
+    )
+
+
+def _seconds(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.0f}"
+
+
 def machine_marks_kept(session: Session, subject_ids: list[int | None]) -> tuple[int, int]:
     rows = session.exec(select(Classification.raw_annotations).where(col(Classification.subject_id).in_(subject_ids)))
     kept = total = 0
@@ -331,12 +382,28 @@ def _fig(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):.2f}"
 
 
+def _corrector_options(args: argparse.Namespace) -> list[str]:
+    """The correcting crowd's mix, when the demo was given one."""
+    options = ["--correctors", args.correctors] if args.correctors else []
+    return options + (["--accepting", args.accepting] if args.accepting else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--volume", type=Path, required=True)
     parser.add_argument("--sandbox-url", required=True)
     parser.add_argument("--minutes", type=float, default=12.0, help="time limit of the live loop")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--correctors",
+        default=os.environ.get("DEMO_CORRECTORS", ""),
+        help="the correcting crowd's corrector mix (DEMO_CORRECTORS; `etchacell sandbox volunteers --correctors`)",
+    )
+    parser.add_argument(
+        "--accepting",
+        default=os.environ.get("DEMO_ACCEPTING", ""),
+        help="share of accept-anything correctors (DEMO_ACCEPTING)",
+    )
     args = parser.parse_args(argv)
     settings = load_settings()
     engine = make_engine(settings.effective_database_url)
@@ -352,16 +419,21 @@ def main(argv: list[str] | None = None) -> int:
         "worker": start("worker", [str(binary), "worker", "--poll-s", "2"], logs),
         "tracing crowd": start("tracing-crowd", [*crowd, "--workflow", str(segmentation), "--seed", "1"], logs),
         "correcting crowd": start(
-            "correcting-crowd", [*crowd, "--workflow", str(correction), "--seed", "2", "--rate", "3"], logs
+            "correcting-crowd",
+            [*crowd, "--workflow", str(correction), "--seed", "2", "--rate", "3", *_corrector_options(args)],
+            logs,
         ),
     }
     try:
-        watch(engine, processes, started + args.minutes * 60, args.rounds, settings.training)
+        unfinished = watch(engine, processes, started + args.minutes * 60, args.rounds, settings.training)
     finally:
         stop(processes)
     seconds = time.monotonic() - started
     report(engine, seconds)
     engine.dispose()
+    if unfinished is not None:
+        print(f"\ndemo: the loop did not complete: {unfinished}", file=sys.stderr)
+        return 1
     return 0
 
 

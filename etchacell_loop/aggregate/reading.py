@@ -5,21 +5,31 @@ reading process only cuts the file into records (:func:`export_records`: whole l
 quoted field is open) and the records travel to the workers as bytes. They come back as compact
 records: coordinates as float32 (sub-pixel precision kept, half the memory of float64), routed to the
 slices their frames show.
+
+An export arrives as the project's CSV or gzip-compressed (``.csv.gz``: what the Panoptes sandbox
+and many archives serve). :func:`open_export` tells them apart by their first bytes, not their
+name, and turns anything else (an image, an archive, a damaged stream) into one
+``ExportFormatError`` line instead of a decoding traceback.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from etchacell_loop import jsontext
 from etchacell_loop.annotations import (
+    ExportFormatError,
     ExportRow,
     IssueCode,
     ParseLimits,
@@ -53,9 +63,57 @@ class ReadRow:
 
 Record = tuple[int, bytes]  # (line number where the record starts, its bytes)
 MAX_RECORD_BYTES = 256 * 1024 * 1024  # a record longer than this is a quote that never closes
+GZIP_MAGIC = b"\x1f\x8b"
+# Files people hand over instead of an export, by their first bytes, so the one line can say what it got.
+NOT_AN_EXPORT = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a zip archive (unzip it and give the CSV inside)",
+    b"BZh": "bzip2-compressed (decompress it, or export it again as CSV)",
+    b"\xfd7zXZ": "xz-compressed (decompress it, or export it again as CSV)",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed (decompress it, or export it again as CSV)",
+    b"SQLite format 3": "an SQLite database",
+}
 
 
-def export_records(handle: BinaryIO) -> Iterator[Record]:
+@contextmanager
+def open_export(path: Path) -> Iterator[tuple[Iterable[bytes], Callable[[], int]]]:
+    """The export's lines as bytes, decompressed when the file is gzip, with a function telling how
+    many bytes of the file itself have been read (progress against its size on disk).
+
+    A file that starts like an image, an archive or another compression is refused at once with
+    what it looks like; a gzip stream that is damaged or cut short raises ``ExportFormatError``
+    where the damage is met."""
+    with path.open("rb") as raw:
+        start = raw.read(16)
+        raw.seek(0)
+        kind = next((what for magic, what in NOT_AN_EXPORT.items() if start.startswith(magic)), None)
+        if kind is not None:
+            raise ExportFormatError(f"not a classification export: the file is {kind}")
+        if start.startswith(GZIP_MAGIC):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                yield _gzip_lines(unzipped), raw.tell
+        else:
+            yield raw, raw.tell
+
+
+def _gzip_lines(unzipped: gzip.GzipFile) -> Iterator[bytes]:
+    """The decompressed lines; a damaged or truncated stream becomes one line saying where."""
+    lines = 0
+    try:
+        for line in unzipped:
+            lines += 1
+            yield line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ExportFormatError(
+            f"the gzip-compressed export is damaged or cut short after line {lines} ({exc})"
+        ) from None
+
+
+def export_records(handle: Iterable[bytes]) -> Iterator[Record]:
     """The CSV records of an export, as bytes, with the line each starts on.
 
     A record ends at the end of a line where the count of ``"`` is even: in CSV a quote inside a
@@ -78,8 +136,20 @@ def export_records(handle: BinaryIO) -> Iterator[Record]:
 
 
 def export_header(record: bytes) -> dict[str, int]:
-    """Column positions from the header record (``ExportFormatError`` when it is not an export's)."""
-    return export_columns(next(csv.reader([record.decode("utf-8-sig")]), []))
+    """Column positions from the header record (``ExportFormatError`` when it is not an export's:
+    binary, not UTF-8, not CSV, or without the columns an export has)."""
+    if b"\x00" in record:
+        raise ExportFormatError("not a classification export: its first line holds binary data")
+    try:
+        text = record.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ExportFormatError("not a classification export: its first line is not UTF-8 text") from None
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        header = next(csv.reader([text]), [])
+    except csv.Error as exc:
+        raise ExportFormatError(f"not a classification export: its first line is not CSV ({exc})") from None
+    return export_columns(header)
 
 
 def read_records(

@@ -38,7 +38,7 @@ from etchacell_loop.aggregate.outputs import (
     write_csv,
     write_subject_images,
 )
-from etchacell_loop.aggregate.reading import ReadRow, export_header, export_records, read_records
+from etchacell_loop.aggregate.reading import ReadRow, export_header, export_records, open_export, read_records
 from etchacell_loop.annotations import ExportFormatError, ParseLimits, RowProblem
 from etchacell_loop.cria.assembly import SliceAssembler, SliceDrawings
 from etchacell_loop.cria.consensus import CriaParams, DrawerOutcome, slice_consensus
@@ -172,8 +172,8 @@ def _read(
     issues: list[tuple[Any, ...]] = []
     total = float(export.stat().st_size)
     report.workflow_id = options.workflow_id
-    with export.open("rb") as handle:
-        records = export_records(handle)
+    with open_export(export) as (lines, position):
+        records = export_records(lines)
         header = next(records, None)
         if header is None:
             raise ExportFormatError("the export is empty (no header row)")
@@ -187,8 +187,22 @@ def _read(
                 elif _of_chosen_workflow(row, report):
                     _take_row(row, assembler, tallies, pixel_nm, issues, report)
             if progress is not None:
-                progress("read", float(handle.tell()), total)
+                progress("read", float(position()), total)
+    if report.rows == 0:
+        raise ExportFormatError(nothing_to_aggregate(report, issues))
     return assembler, tallies, pixel_nm, issues
+
+
+def nothing_to_aggregate(report: AggregateReport, issues: list[tuple[Any, ...]]) -> str:
+    """Why an export gave no classification to aggregate, in one line: only a header (or a file cut
+    short right after it), only unreadable rows, or only rows of other workflows."""
+    if report.other_workflow_rows:
+        others = ", ".join(str(w) for w in sorted(report.other_workflow_rows))
+        return f"no classification of workflow {report.workflow_id}; the export has workflow(s) {others}"
+    if report.row_problems:
+        _, line, _, _, message = issues[0]
+        return f"no readable classification: {report.row_problems} unreadable row(s); line {line}: {message}"
+    return "no classification rows after the header (an empty export, or one cut short)"
 
 
 def _of_chosen_workflow(row: ReadRow, report: AggregateReport) -> bool:

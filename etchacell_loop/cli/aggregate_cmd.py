@@ -4,23 +4,31 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from etchacell_loop.aggregate.run import DEFAULT_PIXEL_SIZE_NM, AggregateOptions, AggregateReport, aggregate_export
-from etchacell_loop.annotations import ExportFormatError
 from etchacell_loop.cli.context import CommandError, PhaseBars, console, operator_errors, state
-from etchacell_loop.cria.consensus import CriaParams, JoinRule
-from etchacell_loop.cria.methods import METHODS
+
+if TYPE_CHECKING:
+    from etchacell_loop.aggregate.run import AggregateReport
+    from etchacell_loop.cria.consensus import JoinRule
 
 PHASES = {"read": "reading classifications", "vote": "voting slices", "reweight": "re-voting with pooled agreement"}
+# The consensus methods (``cria.methods.METHODS``; a test keeps the two equal), named here so that
+# `--help` answers without importing the consensus code.
+METHODS = ("cria", "cria-robust", "staple")
 
 
 @operator_errors
 def aggregate(
     ctx: typer.Context,
-    export: Annotated[Path, typer.Argument(help="classification export CSV (Zooniverse project → Data exports)")],
+    export: Annotated[
+        Path,
+        typer.Argument(
+            help="classification export: CSV, or CSV compressed with gzip (Zooniverse project → Data exports)"
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for masks/, envelope/, confidence/ and CSVs")],
     workflow_id: Annotated[
         int | None, typer.Option(help="aggregate this workflow (default: the first one in the export)")
@@ -48,8 +56,11 @@ def aggregate(
     rule = join_rule or settings.join_rule
     if rule not in ("greedy", "min-total"):
         raise CommandError(f"unknown join rule {rule!r}; known: greedy, min-total")
-    if not export.is_file():
-        raise CommandError(f"{export}: no such file")
+    _check_readable(export)
+    from etchacell_loop.aggregate.run import DEFAULT_PIXEL_SIZE_NM, AggregateOptions, aggregate_export
+    from etchacell_loop.annotations import ExportFormatError
+    from etchacell_loop.cria.consensus import CriaParams
+
     params = replace(
         CriaParams.from_settings(settings, pixel_size_nm=DEFAULT_PIXEL_SIZE_NM),
         method=chosen_method,
@@ -62,7 +73,24 @@ def aggregate(
             report = aggregate_export(export, out, options, bars.update)
     except ExportFormatError as exc:
         raise CommandError(f"{export}: {exc}") from None
+    except OSError as exc:  # a file that became unreadable, or an output folder that cannot be written
+        raise CommandError(f"{exc.filename or export}: {exc.strerror or exc}") from None
     _print_report(report)
+
+
+def _check_readable(export: Path) -> None:
+    """One line for an export that is not a file this process can read, before any work starts."""
+    if export.is_dir():
+        raise CommandError(f"{export}: is a directory; give the export file (CSV or CSV.gz) inside it")
+    if not export.exists():
+        raise CommandError(f"{export}: no such file")
+    if not export.is_file():
+        raise CommandError(f"{export}: not a regular file")
+    try:
+        with export.open("rb"):
+            pass
+    except OSError as exc:
+        raise CommandError(f"{export}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _join_rule(name: str) -> JoinRule:

@@ -24,6 +24,7 @@ from etchacell_loop.cli import (
     worker_cmd,
 )
 from etchacell_loop.cli.context import CliState
+from etchacell_loop.cli.help_format import Command, Group
 from etchacell_loop.cli.logs import LogFormat, configure_logging
 
 app = typer.Typer(
@@ -31,24 +32,25 @@ app = typer.Typer(
     help="Volunteer tracings of the nuclear envelope → CRIA consensus → U-Net → back to volunteers.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    cls=Group,
 )
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(db_cmd.app, name="db")
-app.command("query")(query_cmd.query)
+app.command("query", cls=Command)(query_cmd.query)
 app.add_typer(sandbox_cmd.app, name="sandbox")
 app.add_typer(panoptes_cmd.app, name="panoptes")
-app.command("aggregate")(aggregate_cmd.aggregate)
+app.command("aggregate", cls=Command)(aggregate_cmd.aggregate)
 app.add_typer(synth_cmd.app, name="synth")
 app.add_typer(subjects_cmd.app, name="subjects")
-app.command("retrain")(model_cmd.retrain)
+app.command("retrain", cls=Command)(model_cmd.retrain)
 app.add_typer(model_cmd.app, name="model")
-app.command("worker")(worker_cmd.worker)
-app.command("predict")(predict_cmd.predict)
-app.command("evaluate")(predict_cmd.evaluate)
-app.command("tick")(daemon_cmd.tick_command)
-app.command("daemon")(daemon_cmd.daemon_command)
-app.command("status")(daemon_cmd.status_command)
-app.command("dashboard")(dashboard_cmd.dashboard)
+app.command("worker", cls=Command)(worker_cmd.worker)
+app.command("predict", cls=Command)(predict_cmd.predict)
+app.command("evaluate", cls=Command)(predict_cmd.evaluate)
+app.command("tick", cls=Command)(daemon_cmd.tick_command)
+app.command("daemon", cls=Command)(daemon_cmd.daemon_command)
+app.command("status", cls=Command)(daemon_cmd.status_command)
+app.command("dashboard", cls=Command)(dashboard_cmd.dashboard)
 
 
 def _version(value: bool) -> None:

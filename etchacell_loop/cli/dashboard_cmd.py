@@ -6,11 +6,15 @@ import logging
 from typing import Annotated
 
 import typer
-import uvicorn
 
-from etchacell_loop.cli.context import CommandError, describe_database, err_console, operator_errors, state
-from etchacell_loop.dashboard.app import create_app
-from etchacell_loop.db import migrate
+from etchacell_loop.cli.context import (
+    CommandError,
+    describe_database,
+    err_console,
+    operator_errors,
+    require_schema,
+    state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +34,12 @@ def dashboard(
             "(or dashboard.operator_token_file) to sign in, or dashboard.public_read = true "
             "to let anyone who reaches it read it"
         )
+    import uvicorn
+
+    from etchacell_loop.dashboard.app import create_app
+
     with cli.engine() as engine:
-        if not migrate.is_up_to_date(engine):
-            raise CommandError("the database schema is not up to date: run `etchacell db upgrade` first")
+        require_schema(engine)
         listen_host, listen_port = host or settings.host, port or settings.port
         if settings.operator_token is None:
             err_console.print("[yellow]no operator token: the pages are read-only, actions are disabled[/]")

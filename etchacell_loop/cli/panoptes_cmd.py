@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
 
-from etchacell_loop.cli.context import CliState, CommandError, console, operator_errors, state
-from etchacell_loop.db import migrate
-from etchacell_loop.db.engine import session_scope
-from etchacell_loop.db.models import Project, Workflow
-from etchacell_loop.loop.ingest import ingest_classifications
-from etchacell_loop.loop.project import configured_roles, register_project
-from etchacell_loop.panoptes.gateway import PanoptesGateway, ProjectInfo, connect
+from etchacell_loop.cli.context import (
+    CliState,
+    CommandError,
+    connect_panoptes,
+    console,
+    operator_errors,
+    require_schema,
+    state,
+)
+from etchacell_loop.cli.help_format import Command, Group
 
-app = typer.Typer(help="Talk to the configured Zooniverse project (or the sandbox).", no_args_is_help=True)
+if TYPE_CHECKING:
+    from etchacell_loop.panoptes.gateway import PanoptesGateway, ProjectInfo
+
+app = typer.Typer(help="Talk to the configured Zooniverse project (or the sandbox).", no_args_is_help=True, cls=Group)
 
 
 def _project_id(cli: CliState) -> int:
@@ -28,7 +32,7 @@ def _project_id(cli: CliState) -> int:
 
 
 def _gateway(cli: CliState) -> PanoptesGateway:
-    return connect(cli.settings.panoptes)
+    return connect_panoptes(cli.settings.panoptes)
 
 
 def _describe(cli: CliState) -> ProjectInfo:
@@ -39,6 +43,8 @@ def _describe(cli: CliState) -> ProjectInfo:
 
 
 def _show_project(cli: CliState, info: ProjectInfo) -> None:
+    from etchacell_loop.loop.project import configured_roles
+
     roles = configured_roles(cli.settings.panoptes)
     table = Table(title=f"{info.display_name} (project {info.panoptes_id})", title_justify="left")
     for column in ("workflow", "name", "version", "active", "Caesar data fetching", "role here"):
@@ -56,7 +62,7 @@ def _show_project(cli: CliState, info: ProjectInfo) -> None:
     console.print(table)
 
 
-@app.command("check")
+@app.command("check", cls=Command)
 @operator_errors
 def check(ctx: typer.Context) -> None:
     """Sign in with the configured client credentials and show the project and its workflows."""
@@ -66,21 +72,24 @@ def check(ctx: typer.Context) -> None:
     _show_project(cli, info)
 
 
-@app.command("register")
+@app.command("register", cls=Command)
 @operator_errors
 def register(ctx: typer.Context) -> None:
     """Record the project and its configured workflows (with their roles) in the database."""
+    from etchacell_loop.db.engine import session_scope
+    from etchacell_loop.loop.project import configured_roles, register_project
+
     cli = state(ctx)
-    info = _describe(cli)
     with cli.engine() as engine:
-        _require_schema(engine)
+        require_schema(engine)
+        info = _describe(cli)
         with session_scope(engine) as session:
             registered = register_project(session, info, configured_roles(cli.settings.panoptes))
             summary = ", ".join(f"{w.panoptes_id} ({w.role.value})" for w in registered.workflows) or "none"
     console.print(f"registered project {info.panoptes_id} '{info.display_name}'; workflows: {summary}")
 
 
-@app.command("pull")
+@app.command("pull", cls=Command)
 @operator_errors
 def pull(
     ctx: typer.Context,
@@ -88,10 +97,15 @@ def pull(
     page_size: Annotated[int, typer.Option(min=1, max=100, help="classifications per request")] = 100,
 ) -> None:
     """Store every new classification of the registered workflows (safe to run at any time)."""
+    from sqlmodel import Session, select
+
+    from etchacell_loop.db.models import Project, Workflow
+    from etchacell_loop.loop.ingest import ingest_classifications
+
     cli = state(ctx)
     project_id = _project_id(cli)
     with cli.engine() as engine:
-        _require_schema(engine)
+        require_schema(engine)
         with Session(engine) as session:
             query = select(Workflow).join(Project).where(Project.panoptes_id == project_id)
             rows = [w for w in session.exec(query).all() if workflow is None or w.panoptes_id == workflow]
@@ -103,16 +117,11 @@ def pull(
         with _gateway(cli) as gateway:
             for row in rows:
                 result = ingest_classifications(
-                    lambda: Session(engine, expire_on_commit=False), gateway, row, project_id, page_size
-                )
+                    lambda: Session(engine, expire_on_commit=False), gateway, row, project_id, page_size,
+                    cli.settings.panoptes.lookback_ids,
+                )  # fmt: skip
                 table.add_row(
                     str(row.panoptes_id), row.role.value, str(result.inserted), str(result.skipped),
                     str(result.unusable), str(result.last_id),
                 )  # fmt: skip
     console.print(table)
-
-
-def _require_schema(engine: Engine) -> None:
-
-    if not migrate.is_up_to_date(engine):
-        raise CommandError("the database schema is not up to date: run `etchacell db upgrade` first")

@@ -1,32 +1,33 @@
 """``etchacell predict`` (a model's tri-axis prediction of a volume) and ``etchacell evaluate``
-(a prediction against a reference, as the paper's Table 1)."""
+(a prediction against a reference, as the paper's Table 1).
+
+Why the model stack is imported inside the commands, after the arguments are checked: it takes
+seconds to load (TensorFlow alone, tens), and a mistyped ROI or option should say so at once.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from etchacell_loop.cli.context import CommandError, PhaseBars, console, operator_errors, state
-from etchacell_loop.db.engine import session_scope
-from etchacell_loop.imaging.volume import RoiBox, VolumeError, open_volume
-from etchacell_loop.model.backend import BackendChoice, BackendError, select_backend
-from etchacell_loop.model.evaluation import DEFAULT_LABEL, EvaluationError, evaluate_paths
-from etchacell_loop.model.metrics import render_table1
-from etchacell_loop.model.predict import DEFAULT_CHUNK_ZYX, PredictError, VolumePrediction, predict_volume
-from etchacell_loop.model.tap import (
-    DEFAULT_MIN_COMPONENT_VOXELS,
-    TAP_RULES,
-    TRI_AXES,
-    TapError,
-    TapParams,
-    TapRule,
-    resolve_batch_size,
-)
+from etchacell_loop.cli.context import CommandError, PhaseBars, console, operator_errors, require_schema, state
+
+if TYPE_CHECKING:
+    from etchacell_loop.imaging.volume import LazyVolume, RoiBox
+    from etchacell_loop.model.backend import BackendChoice
+    from etchacell_loop.model.predict import VolumePrediction
+    from etchacell_loop.model.tap import TapRule
 
 PROMOTED = "promoted"
+# The library's defaults (``model.tap``, ``model.predict``, ``model.evaluation``; a test keeps them
+# equal), named here so that `--help` answers without importing the model stack.
+TAP_RULES = ("all", "majority", "any")
+DEFAULT_MIN_COMPONENT_VOXELS = 10_000
+DEFAULT_CHUNK_ZYX = (64, 256, 256)
+DEFAULT_LABEL = "envelope"
 PHASES = {"resampling": "resampling to model voxels", "predicting": "predicting", "post-processing": "components"}
 
 
@@ -71,6 +72,10 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
 ) -> None:
     """Tri-axis prediction of the nuclear envelope; writes the probability and the envelope as OME-Zarr."""
+    from etchacell_loop.imaging.volume import VolumeError, open_volume
+    from etchacell_loop.model.predict import PredictError, predict_volume
+    from etchacell_loop.model.tap import TRI_AXES, TapError, TapParams
+
     if rule not in TAP_RULES:
         raise CommandError(f"--rule {rule!r}: expected one of {', '.join(TAP_RULES)}")
     if min_component_voxels < 0:
@@ -84,7 +89,7 @@ def predict(
     except VolumeError as exc:
         raise CommandError(str(exc)) from None
     with volume:
-        box = _roi(roi, volume.rois) if roi else None
+        box = _roi_in(volume, roi) if roi else None
         predict_fn, preset = _load(artifact, state(ctx).settings.training.backend, batch_size)
         try:
             params = TapParams(
@@ -126,6 +131,10 @@ def evaluate(
 
     A prediction made by etchacell predict, against a reference on the source grid, is scored at the
     source resolution, as the paper's Table 1 (the prediction scaled back up), and on its own grid."""
+    from etchacell_loop.imaging.volume import VolumeError
+    from etchacell_loop.model.evaluation import EvaluationError, evaluate_paths
+    from etchacell_loop.model.metrics import render_table1
+
     if pixel_size_nm is not None and not pixel_size_nm > 0:
         raise CommandError(f"--pixel-size-nm must be positive, not {pixel_size_nm}")
     try:
@@ -164,16 +173,19 @@ def _resolve_model(ctx: typer.Context, model: str) -> tuple[Path, dict[str, Any]
         return candidate, {"artifact": str(candidate.resolve())}
     if candidate.suffix == ".keras" or "/" in model:
         raise CommandError(f"{model}: no such model file")
+    from etchacell_loop.db.engine import session_scope
     from etchacell_loop.model.registry import RegistryError, find_version, promoted_version
 
-    with state(ctx).engine() as engine, session_scope(engine) as session:
-        try:
-            version = promoted_version(session) if model == PROMOTED else find_version(session, model)
-        except RegistryError as exc:
-            raise CommandError(f"{exc}; and there is no file {model!r}") from None
-        if version is None:
-            raise CommandError("no model version is promoted")
-        described = {"version": version.version, "artifact": version.artifact_uri}
+    with state(ctx).engine() as engine:
+        require_schema(engine)
+        with session_scope(engine) as session:
+            try:
+                version = promoted_version(session) if model == PROMOTED else find_version(session, model)
+            except RegistryError as exc:
+                raise CommandError(f"{exc}; and there is no file {model!r}") from None
+            if version is None:
+                raise CommandError("no model version is promoted")
+            described = {"version": version.version, "artifact": version.artifact_uri}
     artifact = Path(version.artifact_uri.removeprefix("file://"))
     if not artifact.is_file():
         raise CommandError(f"model version {described['version']}: its artefact {artifact} is missing")
@@ -185,6 +197,9 @@ def _load(artifact: Path, backend: BackendChoice = "auto", batch_size: int | Non
     ``training.backend`` chooses (the ``ml-*`` extras). The model takes each TAP batch in one call
     (``batch_size``, or the automatic size once the backend is known), not in the preset's
     training batches."""
+    from etchacell_loop.model.backend import BackendError, select_backend
+    from etchacell_loop.model.tap import resolve_batch_size
+
     try:
         select_backend(backend)
         from etchacell_loop.model.keras_io import load_predict_fn
@@ -198,7 +213,21 @@ def _load(artifact: Path, backend: BackendChoice = "auto", batch_size: int | Non
         raise CommandError(f"{artifact}: cannot load the model ({str(exc).strip().splitlines()[0]})") from None
 
 
+def _roi_in(volume: LazyVolume, text: str) -> RoiBox:
+    """The ROI ``--roi`` names, checked against the volume's extent before the model is loaded."""
+    from etchacell_loop.imaging.volume import VolumeError
+
+    box = _roi(text, volume.rois)
+    try:
+        box.clipped(volume.shape_zyx)
+    except VolumeError as exc:
+        raise CommandError(f"--roi {text!r}: {exc}") from None
+    return box
+
+
 def _roi(text: str, known: tuple[RoiBox, ...]) -> RoiBox:
+    from etchacell_loop.imaging.volume import RoiBox
+
     for box in known:
         if box.name == text:
             return box
@@ -228,7 +257,7 @@ def _triple(values: tuple[int, ...]) -> tuple[int, int, int]:
 def _voxel(text: str | None) -> tuple[float, float, float] | None:
     if text is None:
         return None
-    from etchacell_loop.imaging.volume import parse_voxel_size_nm
+    from etchacell_loop.imaging.volume import VolumeError, parse_voxel_size_nm
 
     try:
         return parse_voxel_size_nm(text)

@@ -5,23 +5,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from etchacell_loop.cli.context import CommandError, console, operator_errors, state
-from etchacell_loop.db import migrate
-from etchacell_loop.db.queries import (
-    NamedQuery,
-    QueryError,
-    QueryResult,
-    get_query,
-    load_queries,
-    render_sql,
-    run_query,
-)
+from etchacell_loop.cli.context import console, operator_errors, require_schema, state
+
+if TYPE_CHECKING:
+    from etchacell_loop.db.queries import NamedQuery, QueryResult
+
+# Figures in a table are read by a person: four significant digits say everything a ratio, a Dice
+# or a Gini coefficient can (CSV and JSON keep every digit for the next program).
+SIGNIFICANT_DIGITS = 4
 
 
 class OutputFormat(StrEnum):
@@ -49,6 +48,8 @@ def query(
     ] = None,
 ) -> None:
     """Run a named ops query against the configured database."""
+    from etchacell_loop.db.queries import get_query, load_queries, render_sql, run_query
+
     if list_ or name is None:
         _print_catalogue(load_queries())
         return
@@ -57,13 +58,14 @@ def query(
         typer.echo(render_sql(named, sql.value))
         return
     with state(ctx).engine() as engine:
-        if not migrate.is_up_to_date(engine):
-            raise CommandError("the database schema is not up to date: run `etchacell db upgrade` first")
+        require_schema(engine)
         result = run_query(engine, named, _parse_params(param or []))
     print_result(named, result, output)
 
 
 def _parse_params(pairs: list[str]) -> dict[str, str]:
+    from etchacell_loop.db.queries import QueryError
+
     values: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -99,7 +101,22 @@ def print_result(named: NamedQuery, result: QueryResult, output: OutputFormat = 
         for column in result.columns:
             table.add_column(column, overflow="fold")
         for row in result.rows:
-            table.add_row(*("" if v is None else str(v) for v in row))
+            table.add_row(*(table_cell(v) for v in row))
         console.print(table)
         if not result.rows:
             console.print("[dim](no rows)[/]")
+
+
+def table_cell(value: Any) -> str:
+    """A value as a table shows it: empty for NULL, figures to four significant digits (whole
+    numbers of any size stay whole: ``123456``, not ``1.235e+05``), everything else as text."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, float | Decimal):
+        return str(value)
+    number = float(value)
+    if not math.isfinite(number):
+        return str(number)
+    if abs(number) >= 10**SIGNIFICANT_DIGITS:
+        return f"{number:.0f}"
+    return f"{number:.{SIGNIFICANT_DIGITS}g}"

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import httpx
 import typer
 
 from etchacell_loop.cli.context import CommandError, console, err_console, operator_errors
+from etchacell_loop.cli.help_format import Command, Group
 from etchacell_loop.sandbox.config import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -22,10 +22,12 @@ from etchacell_loop.sandbox.config import (
 if TYPE_CHECKING:
     from etchacell_loop.simulation.volunteers import RunReport
 
-app = typer.Typer(help="Run a local stand-in of the Panoptes API (tests, staging, the demo).", no_args_is_help=True)
+app = typer.Typer(
+    help="Run a local stand-in of the Panoptes API (tests, staging, the demo).", no_args_is_help=True, cls=Group
+)
 
 
-@app.command("serve")
+@app.command("serve", cls=Command)
 @operator_errors
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -58,13 +60,15 @@ def serve(
     run(state, host, port, config)
 
 
-@app.command("seed")
+@app.command("seed", cls=Command)
 @operator_errors
 def seed(
     url: Annotated[str, typer.Option(help="the running sandbox")] = "http://127.0.0.1:8765",
     name: Annotated[str, typer.Option(help="project display name (default: numbered)")] = "",
 ) -> None:
     """Create a project with a segmentation and a correction workflow; print their ids as JSON."""
+    import httpx
+
     try:
         response = httpx.post(f"{url.rstrip('/')}/_sandbox/seed", json={"display_name": name}, timeout=30)
         response.raise_for_status()
@@ -73,7 +77,7 @@ def seed(
     typer.echo(json.dumps(response.json()))
 
 
-@app.command("volunteers")
+@app.command("volunteers", cls=Command)
 @operator_errors
 def volunteers(
     workflow: Annotated[int, typer.Option(help="the workflow to classify")],
@@ -91,9 +95,20 @@ def volunteers(
         str | None, typer.Option(help="behaviours, e.g. careful=0.4,sloppy=0.3,partial=0.3 [default: the paper's]")
     ] = None,
     prolific: Annotated[int, typer.Option(help="prolific volunteers, each repeating one mistake")] = 3,
+    correctors: Annotated[
+        str | None,
+        typer.Option(
+            help="how volunteers treat machine outlines, e.g. careful=0.5,partial=0.2,accept=0.15,redraw=0.1,empty=0.05"
+            " [default: that mix]"
+        ),
+    ] = None,
+    accepting: Annotated[
+        float | None, typer.Option(help="share of accept-anything correctors (the others keep their proportions)")
+    ] = None,
     seed: Annotated[int, typer.Option(help="random seed: the same run for the same server answers")] = 0,
 ) -> None:
     """Simulated volunteers classify the workflow's subjects as the Zooniverse front ends would."""
+    from etchacell_loop.simulation.correction import CorrectorMix
     from etchacell_loop.simulation.crowd import CrowdMix
     from etchacell_loop.simulation.truth import TruthError
     from etchacell_loop.simulation.volunteers import RunOptions, VolunteerCrowd, VolunteerRunError, volumes_by_name
@@ -102,6 +117,9 @@ def volunteers(
         raise CommandError("--prolific cannot be negative")
     try:
         crowd_mix = CrowdMix.parse(mix) if mix else CrowdMix(prolific_behaviours=())
+        corrector_mix = CorrectorMix.parse(correctors) if correctors else CorrectorMix()
+        if accepting is not None:
+            corrector_mix = corrector_mix.with_accepting(accepting)
         options = RunOptions(
             workflow_id=workflow,
             mix=crowd_mix.with_prolific(prolific) if prolific else crowd_mix,
@@ -110,9 +128,12 @@ def volunteers(
             max_classifications=max_classifications,
             until_retired=until_retired,
             follow=follow,
+            correctors=corrector_mix,
         )
     except ValueError as exc:
-        raise CommandError(f"{exc} (see --mix, --max-classifications, --until-retired, --follow, --rate)") from None
+        raise CommandError(
+            f"{exc} (see --mix, --correctors, --accepting, --max-classifications, --until-retired, --follow, --rate)"
+        ) from None
     try:
         volumes = volumes_by_name(truth or [])
     except TruthError as exc:

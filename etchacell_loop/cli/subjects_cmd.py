@@ -6,33 +6,42 @@ import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from sqlmodel import Session, select
 
-from etchacell_loop.cli.context import CliState, CommandError, console, err_console, operator_errors, state
-from etchacell_loop.db import migrate
-from etchacell_loop.db.engine import session_scope
-from etchacell_loop.db.models import DataSplit, SubjectSet, Workflow
-from etchacell_loop.imaging.manifest import ManifestEntry, ManifestError, manifest_path, read_manifest
-from etchacell_loop.imaging.prepare import PrepareReport, checked_rois, prepare_subjects
-from etchacell_loop.imaging.prepare import Progress as ProgressCallback
-from etchacell_loop.imaging.records import SplitError, ensure_manifest_rows, manifest_uploads
-from etchacell_loop.imaging.subjects import RoiSpecError, SubjectFormat, parse_roi_spec
-from etchacell_loop.imaging.volume import LazyVolume, RoiBox, VolumeError, open_volume, parse_voxel_size_nm
-from etchacell_loop.loop.project import configured_roles, register_project
-from etchacell_loop.panoptes.gateway import ProjectInfo, connect
-from etchacell_loop.panoptes.upload import UploadResult, upload_subjects
+from etchacell_loop.cli.context import (
+    CliState,
+    CommandError,
+    connect_panoptes,
+    console,
+    err_console,
+    operator_errors,
+    require_panoptes_credentials,
+    require_schema,
+    state,
+)
+from etchacell_loop.cli.help_format import Command, Group
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from etchacell_loop.db.models import DataSplit, SubjectSet
+    from etchacell_loop.imaging.manifest import ManifestEntry
+    from etchacell_loop.imaging.prepare import PrepareReport
+    from etchacell_loop.imaging.prepare import Progress as ProgressCallback
+    from etchacell_loop.imaging.volume import LazyVolume, RoiBox
+    from etchacell_loop.panoptes.gateway import ProjectInfo
+    from etchacell_loop.panoptes.upload import UploadResult
 
 EXIT_SOME_FAILED = 1
 
-app = typer.Typer(help="Turn EM volumes into Zooniverse subjects and upload them.", no_args_is_help=True)
+app = typer.Typer(help="Turn EM volumes into Zooniverse subjects and upload them.", no_args_is_help=True, cls=Group)
 
 
-@app.command("prepare")
+@app.command("prepare", cls=Command)
 @operator_errors
 def prepare(
     ctx: typer.Context,
@@ -49,6 +58,11 @@ def prepare(
     ] = None,
 ) -> None:
     """Make every ROI slice's flipbook subject (frames written once per plane; safe to re-run)."""
+    from etchacell_loop.imaging.manifest import ManifestError
+    from etchacell_loop.imaging.prepare import checked_rois, prepare_subjects
+    from etchacell_loop.imaging.subjects import SubjectFormat
+    from etchacell_loop.imaging.volume import VolumeError, open_volume, parse_voxel_size_nm
+
     cli = state(ctx)
     specs = _roi_specs(roi or [])
     if not specs and not all_rois:
@@ -67,6 +81,8 @@ def prepare(
 
 
 def _roi_specs(texts: Sequence[str]) -> list[RoiBox]:
+    from etchacell_loop.imaging.subjects import RoiSpecError, parse_roi_spec
+
     try:
         return [parse_roi_spec(text) for text in texts]
     except RoiSpecError as exc:
@@ -103,6 +119,8 @@ def _progress_bar(description: str) -> Iterator[ProgressCallback]:
 
 
 def _print_prepared(volume: LazyVolume, report: PrepareReport) -> None:
+    from etchacell_loop.imaging.manifest import manifest_path
+
     z, y, x = volume.shape_zyx
     vz, vy, vx = volume.voxel_size_nm
     console.print(
@@ -130,7 +148,7 @@ def _print_prepared(volume: LazyVolume, report: PrepareReport) -> None:
 # --- upload --------------------------------------------------------------------------------------
 
 
-@app.command("upload")
+@app.command("upload", cls=Command)
 @operator_errors
 def upload(
     ctx: typer.Context,
@@ -155,6 +173,12 @@ def upload(
     ] = None,
 ) -> None:
     """Upload every subject of a manifest exactly once (safe to re-run; resumes after a kill)."""
+    from sqlmodel import Session
+
+    from etchacell_loop.db.engine import session_scope
+    from etchacell_loop.imaging.records import SplitError, ensure_manifest_rows, manifest_uploads
+    from etchacell_loop.panoptes.upload import upload_subjects
+
     cli = state(ctx)
     entries = _only_rois(_manifest_entries(directory), roi or [])
     splits = _parse_splits(split or [])
@@ -164,10 +188,10 @@ def upload(
     if no_workflow and workflow is not None:
         raise CommandError("--workflow and --no-workflow: give one")
     workflow_id = None if no_workflow else workflow or cli.settings.panoptes.segmentation_workflow_id
+    require_panoptes_credentials(cli.settings.panoptes)
     with cli.engine() as engine:
-        if not migrate.is_up_to_date(engine):
-            raise CommandError("the database schema is not up to date: run `etchacell db upgrade` first")
-        with connect(cli.settings.panoptes) as gateway:
+        require_schema(engine)
+        with connect_panoptes(cli.settings.panoptes) as gateway:
             info = gateway.describe_project(project_id)
             if workflow_id is not None and workflow_id not in {w.panoptes_id for w in info.workflows}:
                 raise CommandError(f"workflow {workflow_id} is not in project {project_id}")
@@ -198,6 +222,8 @@ def _only_rois(entries: list[ManifestEntry], names: Sequence[str]) -> list[Manif
 
 
 def _parse_splits(texts: Sequence[str]) -> dict[str, DataSplit]:
+    from etchacell_loop.db.models import DataSplit
+
     allowed = (DataSplit.TRAIN, DataSplit.VALIDATION, DataSplit.TEST)
     splits: dict[str, DataSplit] = {}
     for text in texts:
@@ -209,6 +235,8 @@ def _parse_splits(texts: Sequence[str]) -> dict[str, DataSplit]:
 
 
 def _manifest_entries(directory: Path) -> list[ManifestEntry]:
+    from etchacell_loop.imaging.manifest import ManifestError, manifest_path, read_manifest
+
     if not directory.is_dir():
         raise CommandError(f"{directory}: no such folder")
     try:
@@ -227,6 +255,11 @@ def _subject_set_row(
     cli: CliState, session: Session, info: ProjectInfo, name: str, panoptes_id: int, workflow_id: int | None
 ) -> SubjectSet:
     """The project row (registered if new) and the subject set's row, pointing at its Panoptes set."""
+    from sqlmodel import select
+
+    from etchacell_loop.db.models import SubjectSet, Workflow
+    from etchacell_loop.loop.project import configured_roles, register_project
+
     project = register_project(session, info, configured_roles(cli.settings.panoptes)).project
     assert project.id is not None
     query = select(SubjectSet).where(SubjectSet.project_id == project.id, SubjectSet.display_name == name)

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from etchacell_loop.cli.context import CommandError, console, err_console, operator_errors, state
-from etchacell_loop.db import migrate
-from etchacell_loop.imaging.synth_volume import SynthReport, SynthSpec, generate_volume
-from etchacell_loop.simulation.ops_history import HistorySpec, write_history
+from etchacell_loop.cli.context import CommandError, console, err_console, operator_errors, require_schema, state
+from etchacell_loop.cli.help_format import Command, Group
 
-app = typer.Typer(help="Synthetic data with known truth.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from etchacell_loop.imaging.synth_volume import SynthReport, SynthSpec
+
+app = typer.Typer(help="Synthetic data with known truth.", no_args_is_help=True, cls=Group)
 
 
-@app.command("volume")
+@app.command("volume", cls=Command)
 @operator_errors
 def volume(
     out: Annotated[Path, typer.Argument(help="the OME-Zarr folder to write, e.g. hela.zarr")],
@@ -31,6 +32,8 @@ def volume(
     overwrite: Annotated[bool, typer.Option(help="replace OUT if it is an existing zarr store")] = False,
 ) -> None:
     """A synthetic SBF-SEM volume of HeLa cells with its truth (nucleus, envelope, nucleolus, organelles)."""
+    from etchacell_loop.imaging.synth_volume import SynthSpec
+
     spec = SynthSpec(
         shape=parse_shape(shape),
         voxel_size_nm=parse_triple(voxel_size_nm, "--voxel-size-nm"),
@@ -71,6 +74,8 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 def _generate(out: Path, spec: SynthSpec, overwrite: bool) -> SynthReport:
+    from etchacell_loop.imaging.synth_volume import generate_volume
+
     progress = Progress(
         TextColumn("{task.description:<20}"),
         BarColumn(),
@@ -102,7 +107,7 @@ def _print_report(report: SynthReport) -> None:
     console.print(f"wrote {report.path} in {report.seconds:.1f} s")
 
 
-@app.command("history")
+@app.command("history", cls=Command)
 @operator_errors
 def history(
     ctx: typer.Context,
@@ -115,10 +120,11 @@ def history(
     """A synthetic project history in the configured (empty) database: weeks of classifications,
     retirements, consensus with images, training runs, model versions, job runs and events — to try
     the dashboard and the named queries at a live project's size."""
+    from etchacell_loop.simulation.ops_history import HistorySpec, write_history
+
     cli = state(ctx)
     with cli.engine() as engine:
-        if not migrate.is_up_to_date(engine):
-            raise CommandError("the database schema is not up to date: run `etchacell db upgrade` first")
+        require_schema(engine)
         try:
             report = write_history(
                 engine, cli.settings.data_dir, HistorySpec(classifications=classifications, days=days, seed=seed)

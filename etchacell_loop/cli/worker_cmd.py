@@ -7,12 +7,8 @@ import threading
 from typing import Annotated
 
 import typer
-from sqlmodel import Session
 
-from etchacell_loop.cli.context import CommandError, console, operator_errors, state
-from etchacell_loop.db import migrate
-from etchacell_loop.loop.worker import install_stop_signals, run_worker
-from etchacell_loop.model.backend import BackendError, select_backend
+from etchacell_loop.cli.context import CommandError, console, operator_errors, require_schema, state
 
 
 @operator_errors
@@ -23,6 +19,8 @@ def worker(
 ) -> None:
     """Claim queued training runs, then prediction batches, and execute them until SIGTERM (the one in
     hand goes back to the queue)."""
+    from etchacell_loop.model.backend import BackendError, select_backend
+
     cli = state(ctx)
     settings = cli.settings
     try:
@@ -30,11 +28,15 @@ def worker(
     except BackendError as exc:
         raise CommandError(str(exc)) from None
     console.print(f"Keras backend: {backend} (training.backend = {settings.training.backend})", highlight=False)
+    # Only now: the worker's modules may import Keras, which reads KERAS_BACKEND when it is imported.
+    from sqlmodel import Session
+
+    from etchacell_loop.loop.worker import install_stop_signals, run_worker
+
     stop = threading.Event()
     install_stop_signals(stop)
     with cli.engine() as engine:
-        if not migrate.is_up_to_date(engine):
-            raise CommandError("the database schema is not up to date: run `etchacell db upgrade` first")
+        require_schema(engine)
         session_factory = functools.partial(Session, engine, expire_on_commit=False)
         report = run_worker(session_factory, settings, once=once, stop=stop, poll_s=poll_s)
     if report.claimed == 0 and once:

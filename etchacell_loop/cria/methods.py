@@ -53,10 +53,14 @@ class MethodParams:
 
 @dataclass(frozen=True, eq=False)
 class Ballot:
-    """One drawer's fill on the slice and what is known of them from other slices."""
+    """One drawer's fill on the slice and what is known of them from other slices. ``scale``
+    multiplies the drawer's vote weight in the vote methods (a correction that keeps the machine's
+    outline counts less than one that redraws it: :mod:`etchacell_loop.cria.correction`); STAPLE,
+    which estimates each drawer's reliability itself, does not use it."""
 
     fill: Patch
     record: VolunteerRecord | None = None
+    scale: float = 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,7 +224,8 @@ def consensus_method(name: str) -> ConsensusMethod:
 
 
 def _weight(ballot: Ballot, params: MethodParams) -> float:
-    return reliability_weight(ballot.record, params.reliability) if ballot.record is not None else 1.0
+    base = reliability_weight(ballot.record, params.reliability) if ballot.record is not None else 1.0
+    return base * ballot.scale
 
 
 def _weighted_vote(

@@ -8,6 +8,7 @@ of one row by id (a consensus result, a training run), which use the models dire
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections import defaultdict
@@ -44,6 +45,7 @@ CACHED_QUERIES = frozenset(
         "retirement_progress",
         "retirement_effort",
         "volunteer_reliability",
+        "volunteer_effort",
     }
 )
 """Figures that read whole tables (a million classifications take a second on SQLite) and change
@@ -315,11 +317,14 @@ class Models:
     chart: Markup
     active_run: Row | None
     promoted: str | None
+    effort: list[Row]
+    effort_chart: Markup
 
 
 def models(book: QueryBook) -> Models:
-    versions = book.rows("model_versions")
+    versions = with_monitoring(book.rows("model_versions"), book.rows("monitoring_slices"))
     runs = book.rows("training_runs", top=50)
+    effort = book.rows("volunteer_effort")
     oldest_first = list(reversed(versions))
     return Models(
         versions=versions,
@@ -337,7 +342,40 @@ def models(book: QueryBook) -> Models:
         ),
         active_run=next((r for r in runs if r["status"] in {s.value for s in ACTIVE_STATUSES}), None),
         promoted=next((str(v["version"]) for v in versions if v["promoted"]), None),
+        effort=effort,
+        effort_chart=effort_chart(effort),
     )
+
+
+def with_monitoring(versions: Sequence[Row], monitoring: Sequence[Row]) -> list[Row]:
+    """Each version row with ``median_monitoring_dice``: the median Dice between corrected and traced
+    consensus over its measured monitoring slices (``monitoring_slices``), the figure the monitoring
+    guard compares with ``correction.min_monitoring_dice``; in Python, as portable SQL has no median."""
+    measured: dict[str, list[float]] = defaultdict(list)
+    for row in monitoring:
+        if row["monitoring_dice"] is not None:
+            measured[str(row["version"])].append(float(row["monitoring_dice"]))
+    return [
+        {**v, "median_monitoring_dice": statistics.median(measured[v["version"]]) if v["version"] in measured else None}
+        for v in versions
+    ]
+
+
+def effort_chart(effort: Sequence[Row]) -> Markup:
+    """Volunteer-seconds per settled slice, round by round (``volunteer_effort``): tracing from scratch
+    first, then each model version's corrections, so the effort the loop saves is seen at a glance."""
+    return charts.grouped_bars(
+        [round_label(r) for r in effort],
+        {"volunteer-seconds per settled slice": [r["seconds_per_slice"] for r in effort]},
+        label="Volunteer-seconds per settled slice, per round",
+    )
+
+
+def round_label(row: Row) -> str:
+    """``0 tracing``, ``2 v3``: a round's number and what volunteers did in it, short enough for an axis."""
+    number = "?" if row["round"] is None else str(row["round"])
+    what = str(row["model_version"]).split("-")[0] if row["model_version"] else str(row["task"])
+    return f"{number} {what}"
 
 
 @dataclass(frozen=True)

@@ -481,7 +481,9 @@ class PredictionBatch(SQLModel, table=True):
 
 class SlicePrediction(SQLModel, table=True):
     """A predicted slice: how uncertain the model was, whether it went to volunteers, and how much
-    they changed it (Dice between prediction and corrected consensus)."""
+    they changed it (Dice between prediction and corrected consensus). A monitoring slice is also
+    traced from scratch (``monitoring_subject_id``, a raw subject in the tracing workflow), and
+    ``monitoring_dice`` says how well its corrected consensus agrees with the traced one."""
 
     __tablename__ = "slice_prediction"
     __table_args__ = (sa.UniqueConstraint("batch_id", "roi_id", "slice_index"),)
@@ -495,6 +497,8 @@ class SlicePrediction(SQLModel, table=True):
     selection: SelectionReason = _enum(SelectionReason, default=SelectionReason.NOT_SELECTED)
     subject_id: int | None = Field(default=None, foreign_key="subject.id")
     correction_dice: float | None = None
+    monitoring_subject_id: int | None = Field(default=None, foreign_key="subject.id")
+    monitoring_dice: float | None = None  # Dice between the slice's current corrected and traced consensus
 
 
 # --- Operations ----------------------------------------------------------------------------------

@@ -14,12 +14,18 @@ A file starts with a comment header, then plain SQL using ``:name`` placeholders
 A parameter without a default is NULL when not given; the SQL then treats it as "no filter"
 (``CAST(:workflow_id AS INTEGER) IS NULL OR ...``). Timestamps accept ISO 8601 or a relative form
 ``-30d``, ``-12h``, ``-15m``, ``now``.
+
+A figure that portable SQL cannot compute — one read from raw JSON text, where SQLite and PostgreSQL
+share no function and a cast fails on the first bad value — names a Python step in its header
+(``-- compute: volunteer_effort``, one of :data:`COMPUTATIONS`): the SQL still selects the rows,
+portably, and the step turns them into the figures, so ``etchacell query``, ``etchacell status`` and
+the dashboard show them through the same path. ``--sql`` then prints the row-selecting SQL with a note.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -29,6 +35,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from etchacell_loop import effort
 from etchacell_loop.db.types import UTCDateTime
 from etchacell_loop.resources import queries_dir
 
@@ -36,7 +43,7 @@ ParamType = Literal["timestamp", "integer", "float", "text"]
 PARAM_TYPES: tuple[ParamType, ...] = ("timestamp", "integer", "float", "text")
 RenderTarget = Literal["plain", "grafana", "metabase"]
 
-_HEADER = re.compile(r"^--\s*(?P<key>title|description|param):\s*(?P<value>.*)$")
+_HEADER = re.compile(r"^--\s*(?P<key>title|description|param|compute):\s*(?P<value>.*)$")
 _PARAM = re.compile(
     r"^(?P<name>[a-z_][a-z0-9_]*)\s+(?P<type>\w+)\s*(?:=\s*(?P<default>[^:\s]+))?\s*(?::\s*(?P<help>.*))?$"
 )
@@ -47,6 +54,13 @@ _SQLITE_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})
 
 class QueryError(Exception):
     """A query file or a parameter value is wrong; the message is one line for the operator."""
+
+
+Computation = Callable[[Sequence[Mapping[str, Any]]], tuple[tuple[str, ...], list[tuple[Any, ...]]]]
+"""A query's Python step: the rows its SQL selected (as dicts) → the figures' columns and rows."""
+
+COMPUTATIONS: Mapping[str, Computation] = {"volunteer_effort": effort.effort_table}
+"""The Python steps a query may name with ``-- compute: NAME``, by name."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,7 @@ class NamedQuery:
     params: tuple[QueryParam, ...]
     sql: str
     path: Path
+    compute: str | None = None  # a step of COMPUTATIONS that turns the selected rows into the figures
 
     def param(self, name: str) -> QueryParam:
         for candidate in self.params:
@@ -92,6 +107,7 @@ class QueryResult:
 def parse_query_file(path: Path) -> NamedQuery:
     """Read one ``.sql`` file into a :class:`NamedQuery`."""
     title = description = ""
+    compute: str | None = None
     params: list[QueryParam] = []
     body: list[str] = []
     in_header = True
@@ -108,13 +124,21 @@ def parse_query_file(path: Path) -> NamedQuery:
             title = value
         elif key == "description":
             description = f"{description} {value}".strip()
+        elif key == "compute":
+            compute = _computation_name(value, path, line_no)
         else:
             params.append(_parse_param(value, path, line_no))
     sql = "\n".join(body).strip().rstrip(";")
     if not sql:
         raise QueryError(f"{path}: no SQL after the header")
     _check_placeholders(sql, params, path)
-    return NamedQuery(path.stem, title or path.stem, description, tuple(params), sql, path)
+    return NamedQuery(path.stem, title or path.stem, description, tuple(params), sql, path, compute)
+
+
+def _computation_name(name: str, path: Path, line_no: int) -> str:
+    if name not in COMPUTATIONS:
+        raise QueryError(f"{path}:{line_no}: unknown compute step {name!r}; known: {', '.join(COMPUTATIONS)}")
+    return name
 
 
 def _parse_param(text: str, path: Path, line_no: int) -> QueryParam:
@@ -191,9 +215,13 @@ def run_query(engine: Engine, query: NamedQuery, given: Mapping[str, str] | None
     with engine.connect() as conn:
         result = conn.execute(statement, values)
         columns = tuple(result.keys())
-        rows = [tuple(_printable(v) for v in row) for row in result]
+        if query.compute is not None:
+            # the step reads the values as stored (its rows can be many: no printing on the way)
+            columns, rows = COMPUTATIONS[query.compute]([dict(zip(columns, row, strict=True)) for row in result])
+        else:
+            rows = list(result)
         conn.rollback()
-    return QueryResult(columns, rows)
+    return QueryResult(columns, [tuple(_printable(v) for v in row) for row in rows])
 
 
 def _typed_binds(query: NamedQuery) -> list[sa.BindParameter[Any]]:
@@ -221,10 +249,21 @@ def _printable(value: Any) -> Any:
 
 
 def render_sql(query: NamedQuery, target: RenderTarget = "plain") -> str:
-    """The SQL ready to paste: ``:name`` becomes ``$name`` (Grafana) or ``{{name}}`` (Metabase)."""
-    if target == "plain":
-        return query.sql
+    """The SQL ready to paste: ``:name`` becomes ``$name`` (Grafana) or ``{{name}}`` (Metabase). A query
+    with a Python step gets a first line saying that this SQL selects its rows, not its figures."""
     pattern = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
-    if target == "grafana":
-        return pattern.sub(lambda m: f"${m[1]}", query.sql)
-    return pattern.sub(lambda m: "{{" + m[1] + "}}", query.sql)
+    if target == "plain":
+        sql = query.sql
+    elif target == "grafana":
+        sql = pattern.sub(lambda m: f"${m[1]}", query.sql)
+    else:
+        sql = pattern.sub(lambda m: "{{" + m[1] + "}}", query.sql)
+    return f"{computed_note(query)}\n{sql}" if query.compute else sql
+
+
+def computed_note(query: NamedQuery) -> str:
+    """The comment put before the SQL of a query with a Python step."""
+    return (
+        f"-- the rows behind {query.name}; `etchacell query {query.name}` turns them into its figures "
+        f"in Python (step {query.compute!r}), which this SQL alone does not compute"
+    )

@@ -49,6 +49,13 @@ from etchacell_loop.annotations import ParsedClassification, parse_classificatio
 from etchacell_loop.config import Settings
 from etchacell_loop.cria.assembly import SliceAssembler, SliceDrawings, place_tracings
 from etchacell_loop.cria.consensus import Consensus, CriaParams, slice_consensus
+from etchacell_loop.cria.correction import (
+    CorrectionVerdict,
+    correction_consensus,
+    correction_params,
+    rule_from_settings,
+)
+from etchacell_loop.cria.raster import Mask
 from etchacell_loop.db.models import (
     Classification,
     ConsensusKind,
@@ -56,10 +63,14 @@ from etchacell_loop.db.models import (
     Event,
     EventLevel,
     ParseStatus,
+    PredictionBatch,
+    SlicePrediction,
     Subject,
     SubjectKind,
     VolunteerAgreement,
 )
+from etchacell_loop.loop.correction_subjects import SubjectGeometry
+from etchacell_loop.loop.publish_job import BAD_DATA, predicted_on_subject
 from etchacell_loop.panoptes.gateway import PanoptesGateway
 from etchacell_loop.retirement import Update
 from etchacell_loop.subject_metadata import (
@@ -84,6 +95,7 @@ UPDATED_EVENT = "consensus.updated"
 SKIPPED_EVENT = "consensus.skipped"
 INVALID_EVENT = "classification.invalid"
 SUBJECT_SKIPPED_EVENT = "subject.metadata_invalid"
+CORRECTED = ConsensusKind.CORRECTED
 CONSENSUS_OF_SUBJECT = {SubjectKind.RAW: ConsensusKind.VOLUNTEER, SubjectKind.PREDICTION: ConsensusKind.CORRECTED}
 
 
@@ -443,11 +455,54 @@ def _aggregate_slice(
         layout = batch.layouts.get(subject_id)
         pixel_nm = (layout.pixel_size_nm if layout else None) or _default_pixel_size_nm(settings)
         params = CriaParams.from_settings(settings.consensus, pixel_nm)
-        consensus = slice_consensus(drawings.drawings, drawings.n_classifications, drawings.shape, params)
+        verdict: CorrectionVerdict | None = None
+        machine = _machine_area(session, settings, subject_id, drawings.shape) if key[2] is CORRECTED else None
+        if machine is not None:
+            rule = rule_from_settings(
+                settings.consensus.correction_kept_weight,
+                settings.consensus.correction_agree_dice,
+                settings.consensus.correction_min_edits,
+            )
+            deleted = _deletions(own, drawings)
+            consensus, verdict = correction_consensus(drawings.drawings, deleted, machine, params, rule)
+            params = correction_params(params, verdict.n_deleted)
+        else:
+            consensus = slice_consensus(drawings.drawings, drawings.n_classifications, drawings.shape, params)
         uris = write_consensus_images(settings.data_dir, key, last_id, consensus)
-        _store_consensus(session, key, subject_id, last_id, params, drawings, consensus, uris, ours)
+        _store_consensus(session, key, subject_id, last_id, (params, verdict), drawings, consensus, uris, ours)
         session.commit()
     result.slices_updated += 1
+
+
+def _machine_area(session: Session, settings: Settings, subject_id: int, shape: tuple[int, int]) -> Mask | None:
+    """The model's area of a correction subject's slice at the slice's pixels: what its volunteers
+    were shown. None (and a warning) when it cannot be read: the slice then gets a plain consensus."""
+    found = session.exec(
+        select(Subject, PredictionBatch)
+        .join(SlicePrediction, col(SlicePrediction.subject_id) == col(Subject.id))
+        .join(PredictionBatch, col(PredictionBatch.id) == col(SlicePrediction.batch_id))
+        .where(col(Subject.id) == subject_id)
+    ).first()
+    if found is None:
+        return None
+    subject, batch = found
+    try:
+        geometry = SubjectGeometry.from_metadata(subject.panoptes_metadata)
+        area = predicted_on_subject(settings.data_dir, batch, subject.slice_index, geometry, (shape[1], shape[0]))
+    except BAD_DATA as exc:
+        log.warning("aggregate: the machine outline of subject %s cannot be read: %s", subject_id, exc)
+        return None
+    return area if area.shape == shape else None
+
+
+def _deletions(own: Sequence[_Read], drawings: SliceDrawings) -> int:
+    """Usable classifications of the slice's own correction subjects that drew nothing on it."""
+    drew = {d.classification_id for d in drawings.drawings}
+    return sum(
+        1
+        for r in own
+        if r.parsed is not None and r.parsed.status is not ParseStatus.INVALID and r.panoptes_id not in drew
+    )
 
 
 def _inputs(drawings: SliceDrawings, ours: Mapping[int, int]) -> tuple[int, frozenset[int | None]]:
@@ -546,7 +601,14 @@ def _record_parses(session: Session, reads: Iterable[_Read]) -> None:
 def _record_skip(session: Session, key: SliceRef, subject_id: int, last_id: int, reason: str) -> None:
     roi_id, z, kind = key
     level = EventLevel.INFO if reason.startswith("nothing drawn") else EventLevel.WARNING
-    log.log(logging.INFO if level is EventLevel.INFO else logging.WARNING, "slice %s not aggregated: %s", key, reason)
+    log.log(
+        logging.INFO if level is EventLevel.INFO else logging.WARNING,
+        "ROI %s slice %s (%s) not aggregated: %s",
+        roi_id,
+        z,
+        kind.value,  # the value, not the enum's repr, in the log
+        reason,
+    )
     session.add(
         Event(
             level=level,
@@ -569,14 +631,19 @@ def _store_consensus(
     key: SliceRef,
     subject_id: int,
     last_id: int,
-    params: CriaParams,
+    decided: tuple[CriaParams, CorrectionVerdict | None],
     drawings: SliceDrawings,
     consensus: Consensus,
     uris: Mapping[str, str],
     ours: Mapping[int, int],
 ) -> None:
-    """Demote the slice's current consensus of this kind and add the new one, its agreements and event."""
+    """Demote the slice's current consensus of this kind and add the new one, its agreements and event.
+    ``decided``: the parameters the consensus was made with and, for corrections, the verdict."""
     roi_id, z, kind = key
+    params, verdict = decided
+    stored_params: dict[str, Any] = asdict(params)
+    if verdict is not None:
+        stored_params["correction"] = verdict.as_json()
     session.connection().execute(
         sa.update(ConsensusResult)
         .where(
@@ -593,7 +660,7 @@ def _store_consensus(
         subject_id=subject_id,
         kind=kind,
         method=params.method,
-        params=asdict(params),
+        params=stored_params,
         n_classifications=drawings.n_classifications,
         n_volunteers=consensus.n_volunteers,
         last_classification_id=last_id,
@@ -620,7 +687,8 @@ def _store_consensus(
     session.add(
         Event(
             kind=UPDATED_EVENT,
-            message=f"ROI {roi_id} slice {z} ({kind.value}): {consensus.n_volunteers} drawings, {row.area_px} px",
+            message=f"ROI {roi_id} slice {z} ({kind.value}): {consensus.n_volunteers} drawings, {row.area_px} px"
+            + (f", {verdict.state.value}" if verdict is not None else ""),
             subject_id=subject_id,
             payload={
                 "consensus_result_id": row.id,
@@ -630,6 +698,7 @@ def _store_consensus(
                 "n_classifications": row.n_classifications,
                 "last_classification_id": last_id,
                 "stability": row.stability,
+                **({"correction": verdict.as_json()} if verdict is not None else {}),
             },
         )
     )

@@ -10,6 +10,9 @@ outline (``#outline``):
 - ``overlay``: two frames, the slice and the slice with the outline burnt in (magenta, 3 px), for
   workflows without Caesar data fetching.
 
+A *monitoring* subject (:func:`monitoring_upload`) is the raw subject of a monitoring slice again, for
+the tracing workflow: traced from scratch by other volunteers, it checks the correction.
+
 Prediction and subject live on different grids: the prediction covers the ROI box at source pixels,
 the subject its crop (``#crop_xywh``, usually wider) shrunk by ``Scaling factor``. The area is moved
 onto the crop and area-averaged as the frames were (a BOX filter), then thresholded at one half.
@@ -47,6 +50,8 @@ OUTLINE_OVERLAY = "overlay"
 OVERLAY_WIDTH_PX = 3
 OVERLAY_JPEG_QUALITY = 90
 CORRECTIONS_DIR = "corrections"
+MONITORING_KEY = "#monitoring"  # on a monitoring subject: the model version whose corrections it checks
+MONITORING_SUFFIX = "monitoring"
 
 Mask = NDArray[np.bool_]
 
@@ -176,6 +181,30 @@ def correction_upload(
         priority=priority,
         kind=SubjectKind.PREDICTION,
         model_version_id=model_version_id,
+    )
+
+
+def monitoring_upload_key(raw_upload_key: str, version: str) -> str:
+    """One monitoring subject per slice and model version, beside its correction subject's key."""
+    return f"{raw_upload_key}/{version}/{MONITORING_SUFFIX}"
+
+
+def monitoring_upload(raw: RawSubject, version: str) -> SubjectUpload:
+    """The monitoring subject of ``raw``'s slice: an ordinary raw tracing subject (the same flipbook,
+    frames and metadata), so volunteers who trace it from scratch cannot tell it from any other and
+    its consensus is the slice's volunteer consensus. ``#monitoring`` (hidden) says which version's
+    corrections it checks; no ``#kind``, so nothing treats it as a correction subject."""
+    metadata = {key: value for key, value in raw.metadata.items() if key not in (UPLOAD_KEY, PRIORITY_KEY, KIND_KEY)}
+    metadata[MONITORING_KEY] = version
+    return SubjectUpload(
+        upload_key=monitoring_upload_key(raw.upload_key, version),
+        roi_id=raw.roi_id,
+        slice_index=raw.slice_index,
+        frames=raw.frames,
+        target_frame=raw.target_frame,
+        files=tuple(FrameFile(path) for path in raw.frame_files()),
+        metadata=metadata,
+        kind=SubjectKind.RAW,
     )
 
 

@@ -21,6 +21,7 @@ from sqlmodel import Session, select
 from etchacell_loop.config import JobSettings, Settings
 from etchacell_loop.db.models import Event, EventLevel, JobRun, JobStatus
 from etchacell_loop.db.types import utcnow
+from etchacell_loop.loop import fault_points
 from etchacell_loop.loop.consensus_job import run_aggregate
 from etchacell_loop.loop.ingest import run_ingest
 from etchacell_loop.loop.publish_job import run_publish
@@ -100,12 +101,13 @@ def run_recorded(
 ) -> JobOutcome:
     """Run ``job`` once between a ``JobRun`` row marked running and the same row marked ok or
     failed. ``gateway`` is called only for jobs that talk to Panoptes (so a dead API fails those
-    jobs alone, each run, until it is back)."""
+    jobs alone, each run, until it is back). A fault test may have the process kill itself at the
+    job's start, after one of its commits or at its end (:mod:`.fault_points`)."""
     run_id = _start(session_factory, job.name, host)
+    fault_points.reach(f"job:{job.name}:start")
     started = time.perf_counter()
     try:
-        connection = gateway() if job.needs_panoptes and gateway is not None else None
-        result = job.function(session_factory, connection, settings).as_json()
+        result = _call(job, session_factory, gateway, settings)
     except Exception as exc:  # a job's failure is recorded, never the daemon's end
         seconds = time.perf_counter() - started
         error = f"{type(exc).__name__}: {exc}"
@@ -118,6 +120,19 @@ def run_recorded(
     _finish(session_factory, run_id, JobStatus.OK, result, None)
     log.info("job %s done in %.1f s: %s", job.name, seconds, _brief(result))
     return JobOutcome(job.name, run_id, True, seconds, result)
+
+
+def _call(
+    job: Job, session_factory: SessionFactory, gateway: GatewayProvider | None, settings: Settings
+) -> dict[str, Any]:
+    """The job's function, passing its fault points (after each commit; at its end, however it ends)."""
+    commits = fault_points.CommitPoints(f"job:{job.name}:commit")
+    try:
+        connection = gateway() if job.needs_panoptes and gateway is not None else None
+        return job.function(commits.wrap(session_factory), connection, settings).as_json()
+    finally:
+        commits.ended()
+        fault_points.reach(f"job:{job.name}:end")
 
 
 def close_interrupted_runs(session_factory: SessionFactory) -> int:

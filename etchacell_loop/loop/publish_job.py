@@ -16,10 +16,15 @@ Four steps, each committing as it goes, so a run killed anywhere is finished by 
    is the serving rank (1 first: the sandbox and Panoptes serve the lowest first), monitoring slices
    spread evenly among the uncertain ones. With Caesar data fetching the outline then becomes the
    subject's ``machineLearnt`` marks; a subject whose marks are not pushed yet (a crash, a dead
-   Caesar) is pushed by the next run.
+   Caesar) is pushed by the next run. Each monitoring slice is also uploaded as an ordinary raw
+   subject, the same flipbook, into a set named after the version (``monitoring <version>``) and
+   linked to the tracing workflow, through the same idempotent upload: other volunteers trace it
+   from scratch, and its volunteer consensus arrives through the normal aggregate path.
 4. **Measure corrections.** Once a sent slice has a current corrected consensus, the Dice between
    the prediction and that consensus is the model's real-world quality: stored on the slice row,
-   measured again when the consensus changes.
+   measured again when the consensus changes. On a monitoring slice traced too, the Dice between
+   its corrected and traced consensus checks the correction; a version whose corrections disagree
+   with tracing has them held from training (:mod:`.monitoring`).
 """
 
 from __future__ import annotations
@@ -70,9 +75,11 @@ from etchacell_loop.loop.correction_subjects import (
     area_on_subject,
     build_overlay,
     correction_upload,
+    monitoring_upload,
     overlay_uri,
 )
 from etchacell_loop.loop.machine_marks import envelope_marks
+from etchacell_loop.loop.monitoring import measure_monitoring, monitoring_agreement, raise_hold_signals
 from etchacell_loop.loop.prediction_job import PredictionReadError, predicted_area, read_geometry
 from etchacell_loop.model.registry import promoted_version
 from etchacell_loop.panoptes.caesar import connect_caesar
@@ -92,15 +99,20 @@ Mask = NDArray[np.bool_]
 @dataclass
 class PublishJobResult:
     """What one publish run did; ``median_correction_dice``: per model version, over all its
-    measured slices so far."""
+    measured slices so far; ``median_monitoring_dice``: the same for corrected against traced
+    consensus on its monitoring slices; ``corrections_held``: the guard's new holds, one line each."""
 
     batches_queued: int = 0
     selected: int = 0
     uploaded: int = 0
+    monitoring_uploaded: int = 0
     marks_pushed: int = 0
     corrections_measured: int = 0
+    monitoring_measured: int = 0
     median_correction_dice: dict[str, float] = field(default_factory=dict)
+    median_monitoring_dice: dict[str, float] = field(default_factory=dict)
     correction_regression: str | None = None  # the promoted version's predictions changed more than before
+    corrections_held: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,14 +133,20 @@ def run_publish(
         log.info("publish: no connection to Panoptes, nothing uploaded or pushed")
     else:
         result.uploaded = upload_corrections(session_factory, gateway, settings)
+        result.monitoring_uploaded = upload_monitoring(session_factory, gateway, settings)
         result.marks_pushed = push_machine_marks(session_factory, gateway, settings)
     result.corrections_measured = measure_corrections(session_factory, settings.data_dir)
+    result.monitoring_measured = measure_monitoring(session_factory, settings.data_dir)
     with session_factory() as session:
         result.median_correction_dice = median_correction_dice(session)
+        result.median_monitoring_dice = {
+            found.version: found.median for found in monitoring_agreement(session).values() if found.median is not None
+        }
         result.correction_regression = raise_regression_signal(session)
+        result.corrections_held = raise_hold_signals(session, settings.correction)
         session.commit()
-    if result.correction_regression:
-        log.warning("publish: %s", result.correction_regression)
+    for message in filter(None, [result.correction_regression, *result.corrections_held]):
+        log.warning("publish: %s", message)
     return result
 
 
@@ -356,7 +374,8 @@ def _upload_round(
     work: _Round,
     outline: str,
 ) -> int:
-    set_row = _subject_set(session_factory, gateway, workflow, work.version.version)
+    name = subject_set_name(work.version.version)
+    set_row = _subject_set(session_factory, gateway, workflow, name, SubjectKind.PREDICTION)
     uploads = _build_uploads(session_factory, data_dir, work, outline)
     if not uploads:
         return 0
@@ -373,11 +392,14 @@ def subject_set_name(version: str) -> str:
     return f"predictions {version}"
 
 
+def monitoring_set_name(version: str) -> str:
+    return f"monitoring {version}"
+
+
 def _subject_set(
-    session_factory: SessionFactory, gateway: PanoptesGateway, workflow: Workflow, version: str
+    session_factory: SessionFactory, gateway: PanoptesGateway, workflow: Workflow, name: str, kind: SubjectKind
 ) -> SubjectSet:
-    """The version's subject set, on Panoptes (linked to the correction workflow) and as a row."""
-    name = subject_set_name(version)
+    """A version's subject set, on Panoptes (linked to ``workflow``) and as a row."""
     with session_factory() as session:
         project = session.get(Project, workflow.project_id)
         assert project is not None
@@ -385,7 +407,7 @@ def _subject_set(
         row = session.exec(query).first()
         if row is None or row.panoptes_id is None:
             panoptes_id = gateway.ensure_subject_set(project.panoptes_id, name, workflow_id=workflow.panoptes_id)
-            row = row or SubjectSet(project_id=workflow.project_id, display_name=name, kind=SubjectKind.PREDICTION)
+            row = row or SubjectSet(project_id=workflow.project_id, display_name=name, kind=kind)
             row.panoptes_id, row.workflow_id = panoptes_id, workflow.id
             session.add(row)
             session.commit()
@@ -495,7 +517,142 @@ def _skip_event(work: _Round, row: SlicePrediction, reason: str) -> Event:
     )
 
 
-# --- 3b. machine marks ------------------------------------------------------------------------------
+# --- 3b. monitoring subjects: the same slices, traced from scratch ----------------------------------
+
+
+@dataclass(frozen=True)
+class _Monitoring:
+    """One version's monitoring slices still to be brought onto Panoptes as raw tracing subjects."""
+
+    version: ModelVersion
+    pending: tuple[SlicePrediction, ...]
+
+
+def upload_monitoring(session_factory: SessionFactory, gateway: PanoptesGateway, settings: Settings) -> int:
+    """Upload the raw tracing subject of every monitoring slice not yet linked on Panoptes."""
+    rounds = _pending_monitoring(session_factory)
+    if not rounds:
+        return 0
+    workflow = _tracing_workflow(session_factory, settings)
+    if workflow is None:
+        _event(session_factory, "publish.monitoring_skipped", "monitoring slices not sent for tracing: no tracing "
+               "workflow is registered (set panoptes.segmentation_workflow_id and run ingest)",
+               EventLevel.WARNING)  # fmt: skip
+        return 0
+    linked = 0
+    for work in rounds:
+        try:
+            linked += _upload_monitoring_round(session_factory, gateway, settings.data_dir, workflow, work)
+        except PanoptesError as exc:
+            log.warning("publish: monitoring upload for model %s failed: %s", work.version.version, exc)
+            _event(session_factory, "publish.upload_failed", f"monitoring of model {work.version.version}: {exc}",
+                   EventLevel.WARNING, work.version.id)  # fmt: skip
+    return linked
+
+
+def _pending_monitoring(session_factory: SessionFactory) -> list[_Monitoring]:
+    """Per version, its monitoring slices whose raw tracing subject is missing or not linked yet."""
+    with session_factory() as session:
+        statement = (
+            select(SlicePrediction, ModelVersion, Subject)
+            .join(PredictionBatch, col(PredictionBatch.id) == col(SlicePrediction.batch_id))
+            .join(ModelVersion, col(ModelVersion.id) == col(PredictionBatch.model_version_id))
+            .outerjoin(Subject, col(Subject.id) == col(SlicePrediction.monitoring_subject_id))
+            .where(SlicePrediction.selection == SelectionReason.MONITORING)
+            .order_by(col(ModelVersion.id), col(SlicePrediction.id))
+        )
+        versions: dict[int, ModelVersion] = {}
+        pending: dict[int, list[SlicePrediction]] = defaultdict(list)
+        for row, version, subject in session.exec(statement).all():
+            if subject is None or subject.upload_state is not UploadState.LINKED:
+                versions[version.id or 0] = version
+                pending[version.id or 0].append(row)
+        return [_Monitoring(versions[vid], tuple(rows)) for vid, rows in pending.items()]
+
+
+def _tracing_workflow(session_factory: SessionFactory, settings: Settings) -> Workflow | None:
+    workflow_id = settings.panoptes.segmentation_workflow_id
+    if workflow_id is None:
+        return None
+    with session_factory() as session:
+        return session.exec(select(Workflow).where(Workflow.panoptes_id == workflow_id)).first()
+
+
+def _upload_monitoring_round(
+    session_factory: SessionFactory, gateway: PanoptesGateway, data_dir: Path, workflow: Workflow, work: _Monitoring
+) -> int:
+    """Rows first (each slice linked to its monitoring subject, in one transaction), then the POSTs."""
+    name = monitoring_set_name(work.version.version)
+    set_row = _subject_set(session_factory, gateway, workflow, name, SubjectKind.RAW)
+    uploads = _build_monitoring_uploads(session_factory, data_dir, work)
+    if not uploads:
+        return 0
+    _register_monitoring(session_factory, set_row, uploads)
+    result = upload_subjects(session_factory, gateway, set_row, [upload for _, upload in uploads])
+    if result.linked:
+        message = f"{result.linked} monitoring subjects of model {work.version.version} in {name!r}, to trace"
+        payload = {"linked": result.linked, "failed": result.failed}
+        _event(session_factory, "publish.monitoring_uploaded", message, model_version_id=work.version.id,
+               payload=payload)  # fmt: skip
+    return result.linked
+
+
+def _build_monitoring_uploads(
+    session_factory: SessionFactory, data_dir: Path, work: _Monitoring
+) -> list[tuple[SlicePrediction, SubjectUpload]]:
+    """The raw tracing subjects of the version's pending monitoring slices; a slice without frame
+    files is reported and left out."""
+    built = []
+    with session_factory() as session:
+        for row in work.pending:
+            try:
+                upload = monitoring_upload(_raw_subject(session, data_dir, row.roi_id, row.slice_index),
+                                           work.version.version)  # fmt: skip
+            except BAD_DATA as exc:
+                log.warning("publish: slice %d of ROI %d not sent for tracing: %s", row.slice_index, row.roi_id, exc)
+                session.add(
+                    Event(
+                        level=EventLevel.WARNING,
+                        kind="publish.monitoring_skipped",
+                        message=f"ROI {row.roi_id} slice {row.slice_index} not sent for tracing: {exc}",
+                        model_version_id=work.version.id,
+                        payload={"slice_prediction_id": row.id, "reason": str(exc)},
+                    )
+                )
+                session.commit()
+                continue
+            built.append((row, upload))
+    return built
+
+
+def _register_monitoring(
+    session_factory: SessionFactory, set_row: SubjectSet, uploads: Sequence[tuple[SlicePrediction, SubjectUpload]]
+) -> None:
+    """The monitoring subject rows and their slices' links, in one transaction, before any POST."""
+    with session_factory() as session:
+        for row, upload in uploads:
+            if row.monitoring_subject_id is not None:
+                continue
+            subject = session.exec(select(Subject).where(Subject.upload_key == upload.upload_key)).first()
+            if subject is None:
+                subject = Subject(
+                    upload_key=upload.upload_key, roi_id=upload.roi_id, subject_set_id=set_row.id,
+                    slice_index=upload.slice_index, frames=list(upload.frames), target_frame=upload.target_frame,
+                    kind=SubjectKind.RAW, local_dir=str(upload.files[0].path.parent.resolve()),
+                    panoptes_metadata=upload.panoptes_metadata(),
+                )  # fmt: skip
+                session.add(subject)
+                session.flush()
+            session.connection().execute(
+                sa.update(SlicePrediction)
+                .where(col(SlicePrediction.id) == row.id)
+                .values(monitoring_subject_id=subject.id)
+            )
+            row.monitoring_subject_id = subject.id
+        session.commit()
+
+
+# --- 3c. machine marks ------------------------------------------------------------------------------
 
 
 def push_machine_marks(session_factory: SessionFactory, gateway: PanoptesGateway, settings: Settings) -> int:

@@ -42,6 +42,7 @@ from sqlmodel import Session, col, select
 
 from etchacell_loop.config import Settings
 from etchacell_loop.cria.consensus import dice
+from etchacell_loop.cria.correction import CorrectionState, correction_state
 from etchacell_loop.db.models import (
     Classification,
     ConsensusKind,
@@ -61,7 +62,7 @@ from etchacell_loop.db.types import utcnow
 from etchacell_loop.model.data import TrainingDataError, read_mask
 from etchacell_loop.panoptes.errors import PanoptesAuthError, PanoptesError, PanoptesUnavailable, one_line
 from etchacell_loop.panoptes.gateway import BATCH_SIZE, PanoptesGateway
-from etchacell_loop.retirement import StoppingRule, Update, stopping_rule
+from etchacell_loop.retirement import Decision, StoppingRule, Update, stopping_rule
 from etchacell_loop.stored_files import resolve_uri
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,14 @@ def run_retire(session_factory: SessionFactory, gateway: PanoptesGateway | None,
     """
     rule = stopping_rule(settings.retirement)
     result = RetireJobResult()
-    decide_retirements(session_factory, rule, settings.retirement.panoptes_reason, result, settings.data_dir)
+    decide_retirements(
+        session_factory,
+        rule,
+        settings.retirement.panoptes_reason,
+        result,
+        settings.data_dir,
+        stopping_rule(settings.retirement, corrections=True),
+    )
     if gateway is None:
         log.info("retire: no Panoptes gateway, retirements stay pending")
     else:
@@ -177,8 +185,10 @@ def decide_retirements(
     panoptes_reason: str,
     result: RetireJobResult,
     data_dir: Path,
+    correction_rule: StoppingRule | None = None,
 ) -> None:
-    """Record a decision for each active subject whose current consensus has none, batch by batch."""
+    """Record a decision for each active subject whose current consensus has none, batch by batch;
+    prediction subjects are judged by ``correction_rule`` when given."""
     after_id = 0
     while True:
         with session_factory() as session:
@@ -187,7 +197,10 @@ def decide_retirements(
                 return
             after_id = max(_key(candidate.subject) for candidate in batch)
             for candidate in batch:
-                decision = judge(session, data_dir, candidate, rule, panoptes_reason)
+                own_rule = rule
+                if correction_rule is not None and candidate.subject.kind == SubjectKind.PREDICTION:
+                    own_rule = correction_rule
+                decision = judge(session, data_dir, candidate, own_rule, panoptes_reason)
                 result.decided += 1
                 result.retire_decisions += int(decision.outcome == DecisionOutcome.RETIRE)
             session.commit()
@@ -338,7 +351,7 @@ def record_decision(
     The row's ``n_classifications`` is the subject's own count the rule used and ``stability`` the
     Dice between checks; ``details`` holds what the check compared (:meth:`Check.details`).
     """
-    verdict = rule.decide(updates)
+    verdict = held_while_disputed(rule.decide(updates), consensus)
     last = updates[-1] if updates else Update(0, None)
     decision = RetirementDecision(
         subject_id=_key(subject),
@@ -362,6 +375,14 @@ def record_decision(
         payload = {"reason": verdict.reason, "consensus_result_id": consensus.id, "policy": rule.name}
         session.add(Event(kind="retirement.decided", message=message, subject_id=subject.id, payload=payload))
     return decision
+
+
+def held_while_disputed(verdict: Decision, consensus: ConsensusResult) -> Decision:
+    """A corrected consensus that too few volunteers changed (:mod:`etchacell_loop.cria.correction`)
+    is not retired as stable: the subject waits for more classifications, up to the limit."""
+    if verdict.retire and verdict.reason == "stable" and correction_state(consensus.params) is CorrectionState.DISPUTED:
+        return Decision(False, "stable but disputed: too few volunteers changed the machine outline; waiting for more")
+    return verdict
 
 
 def _report_unmeasured(session: Session, candidate: Candidate, check: Check) -> None:

@@ -29,7 +29,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from etchacell_loop.db.models import Event, EventLevel, PredictionBatch, RunStatus, TrainingRun, TrainingTrigger
+from etchacell_loop.db.models import (
+    Event,
+    EventLevel,
+    ModelVersion,
+    PredictionBatch,
+    RunStatus,
+    TrainingRun,
+    TrainingTrigger,
+)
 from etchacell_loop.db.types import utcnow
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
@@ -61,6 +69,14 @@ class Lease:
 def worker_identity() -> str:
     """``host/pid/nonce``: unique per worker, readable on the dashboard, fits ``worker_host``."""
     return f"{socket.gethostname()}/{os.getpid()}/{os.urandom(3).hex()}"[:255]
+
+
+def worker_process(worker_host: str) -> tuple[str, int] | None:
+    """The machine and process id of a :func:`worker_identity`; None for any other name."""
+    parts = worker_host.rsplit("/", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
 
 
 def current_user() -> str:
@@ -138,6 +154,22 @@ def finish_run(session: Session, lease: Lease, metrics: Mapping[str, Any]) -> bo
     if done:
         _event(session, lease.run_id, "training.succeeded", f"training run {lease.run_id} succeeded")
     return done
+
+
+def succeeded_metrics(version: ModelVersion) -> dict[str, Any]:
+    """What a succeeded run's ``metrics`` hold: its model version, whether it was promoted, its figures."""
+    return {"model_version_id": version.id, "version": version.version, "promoted": version.promoted, **version.metrics}
+
+
+def succeeded_under(session: Session, lease: Lease) -> bool:
+    """The run ended as succeeded while ``lease`` held it (its job recorded the success together
+    with its model version, under the lease: :func:`finish_run` in the job's own transaction)."""
+    statement = sa.select(col(TrainingRun.id)).where(
+        col(TrainingRun.id) == lease.run_id,
+        col(TrainingRun.status) == RunStatus.SUCCEEDED,
+        col(TrainingRun.worker_host) == lease.worker_host,
+    )
+    return session.connection().execute(statement).first() is not None
 
 
 def fail_run(session: Session, lease: Lease, error: str) -> bool:

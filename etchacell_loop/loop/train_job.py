@@ -14,6 +14,13 @@ per split and what promotion compares (validation against consensus); the networ
 training (validation loss; F-measure and AHD along z alone on the model grid) are kept beside them
 as ``loss`` and ``z_only_*``.
 
+Registration is held under the run's lease (:meth:`~etchacell_loop.loop.worker.RunHeartbeat.hold`):
+the version, its promotion and the run's success commit in one transaction that first checks, and
+locks, the run as this worker's. A worker that lost the run (re-queued after a silence, maybe claimed
+by another) registers nothing, and a run leaves at most one version. Each attempt trains in a folder
+of its own, named after its lease, so a worker that lost the run and the one that holds it now never
+delete each other's files.
+
 The run's ``config`` may override the preset's ``epochs``, ``steps_per_epoch``, ``batch_size``
 (the learning rate scaled with it, :func:`etchacell_loop.model.presets.with_batch_size`) and the
 ``seed`` (an operator's quick trial, a test's tiny run). The ``training`` section says how the worker
@@ -22,18 +29,24 @@ runs it: the precision (``model.backend``) and the processes that make batches (
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
+import os
 import shutil
+import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 import sqlalchemy.exc
 from sqlmodel import Session, select
 
 from etchacell_loop.config import Settings
 from etchacell_loop.db.models import DataSplit, MetricReference, TrainingRun, Volume
+from etchacell_loop.loop import fault_points, runs
 from etchacell_loop.loop.batches import tap_params
 from etchacell_loop.loop.publish_job import tap_settings
 from etchacell_loop.model import registry, scoring
@@ -50,6 +63,7 @@ log = logging.getLogger(__name__)
 SessionFactory = Callable[[], Session]
 REGISTER_ATTEMPTS = 3
 STAGING_DIR = "_training"
+ATTEMPT_PREFIX = "attempt-"
 SCORING_DIR = "scoring"
 Z_ONLY_PREFIX = "z_only_"  # training's validation figures: the network along z alone, model grid, no clean-up
 
@@ -71,31 +85,36 @@ def train_job(session_factory: SessionFactory, settings: Settings, run: Training
         "training run %d: %s (batch %d, %s) on slices %s", run.id, preset.name, preset.batch_size, precision,
         training_set.snapshot.counts,
     )  # fmt: skip
-    out_dir = staging_dir(settings.data_dir, run.id)
-    result = train_model(
-        preset,
-        training_set.slices,
-        out_dir,
-        seed=int(run.config.get("seed", 0)),
-        epochs=_optional_int(run.config.get("epochs")),
-        steps_per_epoch=_optional_int(run.config.get("steps_per_epoch")),
-        on_epoch=heartbeat,
-        should_stop=heartbeat.should_stop,
-        workers=settings.training.data_workers,
-        precision=precision,
-    )
-    heartbeat.check()  # stopped or lost during the last epoch: the model is incomplete, do not register
-    metrics = deployed_metrics(settings, training_set, voxel_sizes, Path(result.artifact_path), out_dir, heartbeat)
-    metrics = merge_metrics(metrics, metric_table(result.val_metrics))
-    return register_and_promote(
-        session_factory,
-        settings,
-        run,
-        Path(result.artifact_path),
-        training_set,
-        metrics,
-        architecture=preset.architecture,
-    )
+    out_dir = staging_dir(settings.data_dir, run.id, heartbeat.lease.worker_host)
+    try:
+        result = train_model(
+            preset,
+            training_set.slices,
+            out_dir,
+            seed=int(run.config.get("seed", 0)),
+            epochs=_optional_int(run.config.get("epochs")),
+            steps_per_epoch=_optional_int(run.config.get("steps_per_epoch")),
+            on_epoch=functools.partial(_epoch_done, heartbeat),
+            should_stop=heartbeat.should_stop,
+            workers=settings.training.data_workers,
+            precision=precision,
+        )
+        heartbeat.check()  # stopped or lost during the last epoch: the model is incomplete, do not register
+        artifact = Path(result.artifact_path)
+        metrics = deployed_metrics(settings, training_set, voxel_sizes, artifact, out_dir, heartbeat)
+        metrics = merge_metrics(metrics, metric_table(result.val_metrics))
+        fault_points.reach("train:scored")
+        return register_and_promote(
+            session_factory, settings, run, artifact, training_set, metrics, heartbeat, architecture=preset.architecture
+        )
+    finally:
+        remove_attempt(out_dir)  # registered: already moved to the version's folder; else this attempt's leftovers
+
+
+def _epoch_done(heartbeat: Heartbeat, progress: Mapping[str, Any]) -> None:
+    """The epoch's heartbeat, then the fault tests' ``train:epoch`` point."""
+    heartbeat(progress)
+    fault_points.reach("train:epoch")
 
 
 def register_and_promote(
@@ -105,13 +124,22 @@ def register_and_promote(
     artifact_path: Path,
     training_set: TrainingSet,
     metrics: registry.MetricTable,
+    heartbeat: Heartbeat,
     *,
     architecture: str,
 ) -> int:
-    """Register the artefact and decide on promotion in one transaction (retried on a name clash)."""
+    """Register the artefact, decide on promotion and mark the run succeeded, in one transaction held
+    under the run's lease (retried on a name clash).
+
+    The hold comes first: it raises ``RunLost`` when the run is no longer this worker's, and
+    otherwise locks the run's row until the commit, so nobody can re-queue it in between. Hence a
+    worker whose run was taken leaves no version, and the run cannot be trained and registered again
+    after its version is in.
+    """
     for attempt in range(1, REGISTER_ATTEMPTS + 1):
         try:
             with session_factory() as session:
+                heartbeat.hold(session)
                 version = registry.register_model_version(
                     session,
                     artifact_path=artifact_path,
@@ -125,6 +153,8 @@ def register_and_promote(
                     backend=_keras_backend(),
                 )
                 decision = registry.auto_promote(session, version)
+                finished = runs.finish_run(session, heartbeat.lease, runs.succeeded_metrics(version))
+                assert finished, "the hold keeps the run this worker's until the commit"
                 session.commit()
                 assert version.id is not None
                 log.info("model %s registered; promoted: %s (%s)", version.version, decision.promoted, decision.reason)
@@ -198,12 +228,66 @@ def merge_metrics(
     return merged
 
 
-def staging_dir(data_dir: Path, run_id: int) -> Path:
-    """Where a run trains before its folder becomes a version's (emptied first: a retried run starts clean)."""
-    path = registry.models_dir(data_dir) / STAGING_DIR / f"run-{run_id:05d}"
+def staging_dir(data_dir: Path, run_id: int, worker_host: str) -> Path:
+    """Where this attempt at a run trains before its folder becomes a version's: one folder per
+    lease (``_training/run-<id>/attempt-<worker>``), never another attempt's.
+
+    Emptied first (a worker back at a run it held before starts clean). Beside it, the folders of
+    attempts whose worker process has ended on this machine are removed: a killed worker leaves its
+    folder behind, and nothing else would remove it.
+    """
+    run_dir = registry.models_dir(data_dir) / STAGING_DIR / f"run-{run_id:05d}"
+    remove_dead_attempts(run_dir)
+    path = run_dir / attempt_folder_name(worker_host)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+def attempt_folder_name(worker_host: str) -> str:
+    """The lease's worker, reversibly quoted as one path component."""
+    return ATTEMPT_PREFIX + quote(worker_host, safe="")
+
+
+def attempt_owner(folder_name: str) -> tuple[str, int] | None:
+    """The machine and process id of the worker an attempt folder belongs to, when it says."""
+    if not folder_name.startswith(ATTEMPT_PREFIX):
+        return None
+    return runs.worker_process(unquote(folder_name.removeprefix(ATTEMPT_PREFIX)))
+
+
+def remove_dead_attempts(run_dir: Path) -> list[Path]:
+    """Remove the attempt folders whose worker process on this machine has ended; those removed.
+    A folder from another machine, or whose process is alive (even one that lost the run and has
+    not noticed yet, or is stopped), is left alone."""
+    if not run_dir.is_dir():
+        return []
+    here = socket.gethostname()
+    removed = []
+    for folder in sorted(run_dir.iterdir()):
+        owner = attempt_owner(folder.name)
+        if owner is not None and owner[0] == here and not process_alive(owner[1]):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def remove_attempt(out_dir: Path) -> None:
+    """This attempt's folder, and the run's folder once no attempt is left in it."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # another attempt's folder is still there
+        out_dir.parent.rmdir()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (a stopped one does; one of another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def metric_table(val_metrics: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:

@@ -14,7 +14,8 @@ Why it is built this way:
   callback raises :class:`RunLost` and the worker walks away without writing to the run. A job
   writes its results under :meth:`RunHeartbeat.hold`: the lease is checked, and the row locked, in
   the very transaction that writes them, so a worker that lost its run never overwrites the new
-  holder's results.
+  holder's results. The training job registers its model version and marks the run succeeded in
+  that one transaction, so a run leaves at most one version, and none from a worker that lost it.
 * A stop request (SIGTERM, SIGINT) is honoured at the next epoch: that epoch's heartbeat is recorded,
   the run goes back to the queue for another worker, and the process exits 0.
 * Every step commits its own short transaction: the worker is a process, and the run's row must show
@@ -39,7 +40,7 @@ from sqlmodel import Session
 
 from etchacell_loop.config import Settings
 from etchacell_loop.db.models import ModelVersion, PredictionBatch, TrainingRun
-from etchacell_loop.loop import batches, runs
+from etchacell_loop.loop import batches, fault_points, runs
 from etchacell_loop.loop.prediction_job import prediction_job as predict_batch_job
 from etchacell_loop.loop.runs import Lease
 from etchacell_loop.loop.train_job import train_job
@@ -68,6 +69,9 @@ class Heartbeat(Protocol):
     def check(self) -> None: ...
 
     def hold(self, session: Session) -> None: ...
+
+    @property
+    def lease(self) -> Lease: ...
 
 
 Job = Callable[[SessionFactory, Settings, TrainingRun, Heartbeat], int]
@@ -128,6 +132,11 @@ class RunHeartbeat:
     @property
     def lost(self) -> bool:
         return self._lost.is_set()
+
+    @property
+    def lease(self) -> Lease:
+        """The hold this heartbeat keeps (a job names its own files after it)."""
+        return self._lease
 
     def __call__(self, progress: Mapping[str, Any]) -> None:
         """Record one epoch's progress, then stop the job if the run was lost or a stop was asked."""
@@ -239,6 +248,7 @@ def run_claimed(
         assert run is not None
         session.expunge(run)
     log.info("training run %d (%s) started on %s", lease.run_id, run.preset, lease.worker_host)
+    fault_points.reach("train:claimed")
     heartbeat = RunHeartbeat(session_factory, lease, stop, TRAINING_QUEUE)
     return _run_leased(
         session_factory,
@@ -333,12 +343,11 @@ def _claim(session_factory: SessionFactory, worker_host: str) -> tuple[WorkQueue
 
 
 def _finish(session_factory: SessionFactory, lease: Lease, version_id: int) -> str:
+    """Mark the run succeeded with its version, unless its job already did so under this lease."""
     with session_factory() as session:
         version = session.get(ModelVersion, version_id)
-        metrics: dict[str, Any] = {"model_version_id": version_id}
-        if version is not None:
-            metrics |= {"version": version.version, "promoted": version.promoted, **version.metrics}
-        owned = runs.finish_run(session, lease, metrics)
+        metrics = runs.succeeded_metrics(version) if version is not None else {"model_version_id": version_id}
+        owned = runs.finish_run(session, lease, metrics) or runs.succeeded_under(session, lease)
         session.commit()
     if not owned:
         log.warning("training run %d finished, but another worker holds it now: not recorded", lease.run_id)

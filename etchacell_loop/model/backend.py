@@ -20,7 +20,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, get_args
@@ -38,6 +39,15 @@ GPU_ORDER: tuple[Backend, ...] = ("jax", "torch", "tensorflow")
 CPU_ORDER: tuple[Backend, ...] = ("tensorflow", "jax", "torch")
 # (backend, accelerator) pairs where mixed_bfloat16 trained the paper preset faster than float32.
 BF16_FASTER_ON: frozenset[tuple[str, bool]] = frozenset()
+
+
+# TensorFlow's C++ log level (TF_CPP_MIN_LOG_LEVEL): 2 keeps errors; 3, on a machine without an NVIDIA
+# GPU, also drops the "failed call to cuInit" error TensorFlow logs on every CPU machine it starts on.
+TF_LOG_LEVEL_GPU = "2"
+TF_LOG_LEVEL_CPU = "3"
+# Backend messages that say nothing to an operator (see quiet_backend_logs).
+RETRACING = "triggered tf.function retracing"
+SHUFFLE_IGNORED = r"`shuffle=True` was passed, but will be ignored"
 
 
 class BackendError(RuntimeError):
@@ -94,7 +104,31 @@ def select_backend(choice: BackendChoice = "auto") -> Backend:
             raise BackendError(f"Keras is already running on {current}; set KERAS_BACKEND={backend} before starting")
         return backend
     os.environ["KERAS_BACKEND"] = backend
+    quiet_backend_logs()
     return backend
+
+
+def quiet_backend_logs(environ: MutableMapping[str, str] | None = None) -> None:
+    """Silence, where each is made, the backend chatter that filled the worker's log and says nothing
+    an operator can act on (an operator's own ``TF_CPP_MIN_LOG_LEVEL`` is kept):
+
+    * TensorFlow's C++ start-up lines, and on a machine without an NVIDIA GPU its cuInit error
+      (it looks for a GPU every time it starts): ``TF_CPP_MIN_LOG_LEVEL``, read when TensorFlow loads;
+    * TensorFlow's "triggered tf.function retracing" warnings: a TAP batch of a new size is traced
+      again, as expected, and predictions stay right;
+    * Keras' warning that ``shuffle=True`` is ignored for a generator: training's batches are drawn
+      at random already.
+
+    Only these messages are dropped; every other warning and log line of the backends still shows."""
+    env = os.environ if environ is None else environ
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL_GPU if nvidia_gpu_present() else TF_LOG_LEVEL_CPU)
+    warnings.filterwarnings("ignore", message=SHUFFLE_IGNORED, category=UserWarning)
+    logging.getLogger("tensorflow").addFilter(_not_retracing)
+
+
+def _not_retracing(record: logging.LogRecord) -> bool:
+    """Keep every TensorFlow log record but the retracing warnings."""
+    return RETRACING not in record.getMessage()
 
 
 def describe_device() -> str:

@@ -20,7 +20,13 @@ for good. A slice with a current consensus but nothing settled is left out and c
 ``skipped`` as "consensus not settled".
 
 When a slice has both kinds settled, the corrected one is used: volunteers made it looking at the
-image *and* at a model's outline, after the volunteer consensus existed. The split is the ROI's;
+image *and* at a model's outline, after the volunteer consensus existed — unless the corrected one
+may not be training data: its verdict (``params["correction"]["state"]``, from the aggregate job's
+correction rule) is ``disputed`` (too few volunteers changed the machine outline: docs/corrections.md),
+or it corrects the predictions of a model version whose corrections are held because on its
+monitoring slices they disagree with tracing from scratch (:mod:`etchacell_loop.loop.monitoring`,
+until an operator trusts them). Such a slice keeps its settled volunteer consensus if it has one;
+either way the left-out row is counted in ``skipped`` with its reason. The split is the ROI's;
 slices of ROIs without a split are left out (and counted), as are slices whose subject metadata
 lacks the crop (``#crop_xywh``, ``Scaling factor``) or whose mask file is missing. Where a row's own
 subject does not carry the crop, any subject of the same ROI does: every subject of an ROI shows the
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +61,7 @@ from etchacell_loop.db.models import (
     Volume,
 )
 from etchacell_loop.imaging.volume import RoiBox
+from etchacell_loop.loop.monitoring import held_version_ids
 from etchacell_loop.model.data import LabelledSlice
 from etchacell_loop.stored_files import resolve_uri
 from etchacell_loop.subject_metadata import CROP_XYWH_KEY, SCALING_KEY
@@ -63,6 +70,9 @@ KIND_PREFERENCE = {ConsensusKind.CORRECTED: 0, ConsensusKind.VOLUNTEER: 1}
 USED_SPLITS = (DataSplit.TRAIN, DataSplit.VALIDATION, DataSplit.TEST)
 SETTLED_STATES = (RetirementState.RETIRING, RetirementState.RETIRED)
 NOT_SETTLED = "consensus not settled"
+DISPUTED = "disputed correction"
+HELD = "correction of a model version held by monitoring"
+DISPUTED_STATE = "disputed"
 CropXYWH = tuple[int, int, int, int]
 Row = tuple[ConsensusResult, Roi, Volume, Subject | None]
 
@@ -124,8 +134,11 @@ def build_training_set(session: Session, data_dir: Path) -> TrainingSet:
     ids: dict[str, list[int]] = {split.value: [] for split in USED_SPLITS}
     rois: dict[str, set[int]] = {split.value: set() for split in USED_SPLITS}
     fallback_subjects = _subjects_with_crop(session)
-    settled = _preferred(settled_consensus(session))
-    skipped[NOT_SETTLED] = unsettled_slices(current_consensus(session), settled)
+    every_settled = settled_consensus(session)
+    usable, left_out = usable_consensus(every_settled, held_version_ids(session))
+    settled = _preferred(usable)
+    skipped[NOT_SETTLED] = unsettled_slices(current_consensus(session), every_settled)
+    skipped.update(left_out)
     for consensus, roi, volume, subject in settled:
         if roi.split not in USED_SPLITS:
             skipped["roi without split"] += 1
@@ -174,6 +187,40 @@ def settled_consensus(session: Session) -> list[Row]:
         own_kind,
     )
     return consensus_rows(session, retired_on_it)
+
+
+def usable_consensus(rows: Sequence[Row], held_versions: Collection[int]) -> tuple[list[Row], Counter[str]]:
+    """The rows that may be training data, and how many were left out by reason: a corrected
+    consensus whose verdict is disputed, or whose correction subject shows a held version's
+    predictions. A volunteer consensus, and a corrected one without a verdict, are usable."""
+    kept: list[Row] = []
+    left_out: Counter[str] = Counter()
+    for row in rows:
+        why = unusable_reason(row, held_versions)
+        if why is None:
+            kept.append(row)
+        else:
+            left_out[why] += 1
+    return kept, left_out
+
+
+def unusable_reason(row: Row, held_versions: Collection[int]) -> str | None:
+    """Why a settled consensus row may not be training data, or None when it may."""
+    consensus, _, _, subject = row
+    if consensus.kind != ConsensusKind.CORRECTED:
+        return None
+    if is_disputed(consensus.params):
+        return DISPUTED
+    if subject is not None and subject.model_version_id is not None and subject.model_version_id in held_versions:
+        return HELD
+    return None
+
+
+def is_disputed(params: Mapping[str, Any] | None) -> bool:
+    """Whether a corrected consensus' stored verdict (``params["correction"]["state"]``) is disputed;
+    a row without one (a volunteer consensus, or an older row) is not."""
+    verdict = (params or {}).get("correction")
+    return isinstance(verdict, Mapping) and verdict.get("state") == DISPUTED_STATE
 
 
 def consensus_rows(session: Session, condition: sa.ColumnElement[bool]) -> list[Row]:

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 from panoptes_client import Panoptes, Project, Subject, SubjectSet, Workflow
@@ -38,6 +39,7 @@ from etchacell_loop.panoptes.errors import (
     without_queries,
 )
 from etchacell_loop.panoptes.http import RetryingAdapter, RetryPolicy, Sleep, mount
+from etchacell_loop.panoptes.items import id_or_none
 
 log = logging.getLogger(__name__)
 
@@ -342,9 +344,14 @@ class PanoptesGateway:
 
     def classification_pages(
         self, project_id: int, workflow_id: int, last_id: int, page_size: int = BATCH_SIZE
-    ) -> Iterator[list[dict[str, Any]]]:
+    ) -> Iterator[list[Any]]:
         """Pages of raw classifications with ids above ``last_id``, oldest first (keyset paging on
-        ``/classifications/project``). Stops at the first empty page."""
+        ``/classifications/project``). Stops at the first empty page.
+
+        Items are handed on as Panoptes sent them, whatever they hold: checking them is the
+        caller's job. Paging only needs the page's highest readable id (or, on a page without one,
+        the ``last_id`` of Panoptes' own ``next_href``), so a malformed item never stops it, and
+        it stops rather than ask for the same page twice."""
         while True:
             params: dict[str, Any] = {
                 "project_id": project_id,
@@ -354,11 +361,15 @@ class PanoptesGateway:
             }
             with self._calling(f"classifications after {last_id}"):
                 response, _ = self._client.get("/classifications/project", params=params)
-            page = list((response or {}).get("classifications") or [])
+            page = _classification_items(response)
             if not page:
                 return
             yield page
-            last_id = max(int(item["id"]) for item in page)
+            following = _next_last_id(page, response)
+            if following is None or following <= last_id:
+                log.warning("classifications after %d: no id to page on past this page; stopping", last_id)
+                return
+            last_id = following
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -394,6 +405,27 @@ def _converted(what: str) -> Iterator[None]:
         raise PanoptesRequestError(f"{what}: {type(exc).__name__}: {without_queries(one_line(str(exc)))}") from exc
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise PanoptesRequestError(f"{what}: unexpected answer from Panoptes ({type(exc).__name__})") from exc
+
+
+def _classification_items(response: Any) -> list[Any]:
+    """The ``classifications`` of an index answer, as sent; an answer of another shape has none."""
+    items = response.get("classifications") if isinstance(response, dict) else None
+    return list(items) if isinstance(items, list) else []
+
+
+def _next_last_id(page: Sequence[Any], response: Any) -> int | None:
+    """Where the next keyset page starts: the highest readable id on this one, else the ``last_id``
+    of the answer's ``meta.classifications.next_href`` (Panoptes computes it from the rows)."""
+    ids = [found for item in page if isinstance(item, dict) and (found := id_or_none(item.get("id"))) is not None]
+    if ids:
+        return max(ids)
+    meta = response.get("meta") if isinstance(response, dict) else None
+    paging = meta.get("classifications") if isinstance(meta, dict) else None
+    href = paging.get("next_href") if isinstance(paging, dict) else None
+    if not isinstance(href, str):
+        return None
+    values = parse_qs(urlsplit(href).query).get("last_id")
+    return id_or_none(values[0]) if values else None
 
 
 def _first(response: Any, key: str) -> dict[str, Any]:

@@ -101,15 +101,29 @@ async def create_user(request: Request, rt: RuntimeDep) -> dict[str, int]:
     return {"id": res.create_user(rt.store, login, password).id}
 
 
+@router.post("/classifications/reserve")
+async def reserve_classification_ids(request: Request, rt: RuntimeDep) -> dict[str, list[int]]:
+    """Hand out classification ids without storing anything, as Panoptes' sequence does when an
+    insert starts. ``/classifications/bulk`` with ``ids`` commits them later: a classification that
+    appears below ids already listed, as a slow transaction's does."""
+    count = int((await _body(request)).get("count", 1))
+    if not 1 <= count <= 10_000:
+        raise ApiError(422, "count must be between 1 and 10000")
+    with rt.store.transaction():
+        return {"ids": [rt.store.next_id("classifications") for _ in range(count)]}
+
+
 @router.post("/classifications/bulk")
 async def bulk_classifications(request: Request, rt: RuntimeDep) -> dict[str, int]:
-    """Many classifications at once (benchmarks, big tests), stored exactly as posted ones are."""
+    """Many classifications at once (benchmarks, big tests), stored exactly as posted ones are;
+    with ``ids`` (reserved ones, one per classification) under those ids."""
     body = await _body(request)
     workflow = res.require(rt.store, "workflows", body.get("workflow_id", 0))
     subject_ids = [int(s) for s in body.get("subject_ids") or []]
     per_subject = int(body.get("per_subject", 1))
     annotations = list(body.get("annotations") or [])
     metadata = dict(body.get("metadata") or {})
+    reserved = _reserved_ids(rt, body.get("ids"), per_subject * len(subject_ids))
     ids: list[int] = []
     with rt.store.transaction():
         for _ in range(per_subject):
@@ -118,9 +132,25 @@ async def bulk_classifications(request: Request, rt: RuntimeDep) -> dict[str, in
                     rt.store, workflow=workflow, subject_ids=[subject_id], annotations=annotations,
                     metadata=metadata, user_id=None, user_ip=f"10.0.{len(ids) % 250}.{len(ids) % 7}",
                     retirement_delay_s=rt.config.retirement_delay_s,
+                    rid=reserved[len(ids)] if reserved else None,
                 )  # fmt: skip
                 ids.append(row.id)
     return {"created": len(ids), "first_id": ids[0] if ids else 0, "last_id": ids[-1] if ids else 0}
+
+
+def _reserved_ids(rt: Runtime, given: Any, needed: int) -> list[int] | None:
+    """The ids a bulk request asks for: one per classification, each handed out and still unused."""
+    if given is None:
+        return None
+    try:
+        ids = [int(i) for i in given]
+    except (TypeError, ValueError):
+        raise ApiError(422, "ids must be a list of classification ids") from None
+    if len(ids) != needed or len(set(ids)) != needed:
+        raise ApiError(422, f"ids must be {needed} different ids, one per classification")
+    if any(i >= rt.store.peek_id("classifications") or rt.store.get("classifications", i) for i in ids):
+        raise ApiError(422, "ids must be reserved (POST /_sandbox/classifications/reserve) and not used yet")
+    return ids
 
 
 @router.get("/inventory")

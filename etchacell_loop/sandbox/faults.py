@@ -1,4 +1,5 @@
-"""Fault injection as ASGI middleware: errors, lost responses, latency, stalls, failing blob PUTs.
+"""Fault injection as ASGI middleware: errors, lost responses, latency, stalls, failing blob PUTs,
+poisoned classification pages.
 
 Why middleware: faults must hit every route the same way a flaky network or proxy would, without
 each route knowing. The plan lives in a mutable holder so tests can change it at run time through
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from etchacell_loop.sandbox.config import FaultPlan
+from etchacell_loop.sandbox.poison import poison_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,7 +78,37 @@ class FaultMiddleware:
             await self.app(scope, receive, _swallow)
             await _answer(send, 502, {"errors": [{"message": "injected fault: response lost after processing"}]})
             return
+        if plan.poisons and scope["method"] == "GET" and path.startswith("/api/classifications"):
+            await self.app(scope, receive, _Poisoning(send, plan))
+            return
         await self.app(scope, receive, send)
+
+
+class _Poisoning:
+    """A ``send`` that holds the answer back, damages its classifications, then sends it whole."""
+
+    def __init__(self, send: Send, plan: FaultPlan) -> None:
+        self._send = send
+        self._plan = plan
+        self._start: Message | None = None
+        self._body = bytearray()
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self._start = message
+            return
+        if message["type"] != "http.response.body" or self._start is None:
+            await self._send(message)
+            return
+        self._body.extend(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = bytes(self._body)
+        if self._start["status"] == 200:
+            body = poison_body(body, self._plan)
+        headers = [(k, v) for k, v in self._start["headers"] if k.lower() != b"content-length"]
+        await self._send({**self._start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await self._send({"type": "http.response.body", "body": body})
 
 
 async def _swallow(message: Message) -> None:

@@ -124,16 +124,25 @@ class SandboxProcess:
         per_subject: int = 1,
         annotations: list[Any] | None = None,
         metadata: dict[str, Any] | None = None,
+        ids: Sequence[int] | None = None,
     ) -> dict[str, int]:
-        body = {
+        """Classifications stored at once; ``ids`` (from :meth:`reserve_classification_ids`) commits
+        them under ids handed out earlier, below those of classifications stored since."""
+        body: dict[str, Any] = {
             "workflow_id": workflow_id,
             "subject_ids": list(subject_ids),
             "per_subject": per_subject,
             "annotations": annotations or [],
             "metadata": metadata or {},
         }
+        if ids is not None:
+            body["ids"] = list(ids)
         result: dict[str, int] = self._control("POST", "/classifications/bulk", body)
         return result
+
+    def reserve_classification_ids(self, count: int = 1) -> list[int]:
+        """Ids taken as a starting insert takes them, nothing stored yet (a transaction still open)."""
+        return [int(i) for i in self._control("POST", "/classifications/reserve", {"count": count})["ids"]]
 
     def inventory(self, project_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self._control("GET", f"/inventory?project_id={project_id}")

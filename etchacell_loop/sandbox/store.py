@@ -136,6 +136,12 @@ class Store:
             )
             return int(value)
 
+    def peek_id(self, rtype: str) -> int:
+        """The id ``next_id`` would hand out now (nothing is taken)."""
+        with self._lock:
+            row = self._conn.execute("SELECT next_id FROM sequence WHERE type = ?", (rtype,)).fetchone()
+            return int(row[0]) if row else FIRST_IDS.get(rtype, 1)
+
     def insert(self, rtype: str, data: dict[str, Any], keys: Mapping[str, int | None], rid: int | None = None) -> Row:
         """Store a new resource; ``rid`` forces an id (used to replay recorded fixtures)."""
         with self._lock:

@@ -10,8 +10,11 @@ machine marks come from is kept apart from how a volunteer judges them:
   ``markId``, as the classifier keeps an untouched pre-loaded mark); a mark that strays is deleted
   and that part of the envelope redrawn by hand; a mark nowhere near the envelope (on the nucleolus,
   a mitochondrion) is deleted; envelope islands no mark covers are drawn. How strictly a volunteer
-  judges and how much they fix depends on their behaviour (:data:`HABITS`): careful volunteers fix
-  everything, sloppy ones some of it, and some accept whatever the machine drew.
+  judges and how much they fix is their *corrector* behaviour (:class:`Corrector`, drawn from a
+  :class:`CorrectorMix`): careful correctors fix everything, partial fixers some of it, accept-anything
+  volunteers submit whatever the machine drew, over-correctors delete it all and trace from scratch,
+  empty submitters delete it all and submit nothing. Without one, the tracing behaviour decides
+  (:data:`HABITS`).
 - :func:`marks_from_overlay`: the machine's outline read back from an overlay image.
 
 All randomness comes from the ``numpy.random.Generator`` passed in.
@@ -19,8 +22,9 @@ All randomness comes from the ``numpy.random.Generator`` passed in.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -87,15 +91,90 @@ HABITS: Mapping[Behaviour, CorrectionHabit] = {
 }
 
 
+class Corrector(enum.StrEnum):
+    """How a volunteer treats a machine outline they are asked to correct."""
+
+    CAREFUL = "careful"  # keeps what is right, redraws what strays, draws what is missing
+    PARTIAL = "partial"  # judges loosely and fixes about half of what is wrong
+    ACCEPT = "accept"  # submits whatever the machine drew
+    REDRAW = "redraw"  # over-corrector: deletes every mark and traces the envelope from scratch
+    EMPTY = "empty"  # deletes every mark and submits nothing
+
+
+CORRECTOR_HABITS: Mapping[Corrector, CorrectionHabit] = {
+    Corrector.CAREFUL: _THOROUGH,
+    Corrector.PARTIAL: _HASTY,
+    Corrector.ACCEPT: _ACCEPTING,
+}
+
+
+def default_corrector_fractions() -> dict[Corrector, float]:
+    """An assumed mix (no published figure gives one): most correctors fix what they see, one in
+    seven accepts anything, some redraw everything, a few submit nothing."""
+    return {
+        Corrector.CAREFUL: 0.5,
+        Corrector.PARTIAL: 0.2,
+        Corrector.ACCEPT: 0.15,
+        Corrector.REDRAW: 0.1,
+        Corrector.EMPTY: 0.05,
+    }
+
+
+@dataclass(frozen=True)
+class CorrectorMix:
+    """The share of each corrector behaviour among volunteers (normalised)."""
+
+    fractions: Mapping[Corrector, float] = field(default_factory=default_corrector_fractions)
+
+    def __post_init__(self) -> None:
+        if any(v < 0 for v in self.fractions.values()) or sum(self.fractions.values()) <= 0:
+            raise ValueError("corrector fractions must be non-negative with a positive sum")
+
+    @classmethod
+    def parse(cls, text: str) -> CorrectorMix:
+        """``accept=0.3,careful=0.7``: the given mix (names as in :class:`Corrector`)."""
+        fractions: dict[Corrector, float] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, _, value = item.partition("=")
+            try:
+                fractions[Corrector(name.strip())] = float(value) if value.strip() else 1.0
+            except ValueError:
+                known = ", ".join(c.value for c in Corrector)
+                raise ValueError(f"bad corrector entry {item!r}: expected NAME=FRACTION with one of {known}") from None
+        return cls(fractions)
+
+    def with_accepting(self, share: float) -> CorrectorMix:
+        """This mix with ``share`` accept-anything volunteers, the others scaled to fill the rest."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError("the accepting share is a fraction between 0 and 1")
+        others = {c: v for c, v in self.fractions.items() if c is not Corrector.ACCEPT and v > 0}
+        total = sum(others.values())
+        scaled: dict[Corrector, float] = {c: (1.0 - share) * v / total for c, v in others.items()} if total > 0 else {}
+        scaled[Corrector.ACCEPT] = share
+        return CorrectorMix(scaled)
+
+    def draw(self, rng: np.random.Generator) -> Corrector:
+        """One volunteer's corrector behaviour."""
+        kinds = [c for c, share in self.fractions.items() if share > 0]
+        shares = np.array([self.fractions[c] for c in kinds], dtype=np.float64)
+        return kinds[int(rng.choice(len(kinds), p=shares / shares.sum()))]
+
+
 def correct_marks(
     machine: Sequence[MachineMark],
     truth: SliceTruth,
     volunteer: Volunteer,
     rng: np.random.Generator,
     frame: int = 0,
+    corrector: Corrector | None = None,
 ) -> list[SubmittedMark]:
-    """The marks ``volunteer`` submits on ``frame`` after judging the machine's marks against ``truth``."""
-    habit = HABITS[volunteer.behaviour]
+    """The marks ``volunteer`` submits on ``frame`` after judging the machine's marks against ``truth``,
+    as their ``corrector`` behaviour does (without one: as their tracing behaviour's :data:`HABITS`)."""
+    if corrector is Corrector.EMPTY:
+        return []
+    if corrector is Corrector.REDRAW:
+        return [SubmittedMark(SimStroke(frame, s.x_px, s.y_px)) for s in trace(volunteer, [truth], 0, rng)]
+    habit = CORRECTOR_HABITS[corrector] if corrector is not None else HABITS[volunteer.behaviour]
     if habit.accept_all:
         return [_keep(mark) for mark in machine]
     distance = envelope_distance_px(truth.nucleus)

@@ -18,13 +18,14 @@ a Cell. Beside them, a few prolific volunteers take ``prolific_share`` of the wo
 mistake on every subject they see. Nobody classifies a subject twice: signed-in volunteers are never
 offered what they have classified, and anonymous ones skip what they saw in their session, as PFE does.
 
-Deterministic for a seed given the same server responses: every choice comes from one generator.
+Deterministic for a seed given the same server responses. Who classifies, and how, is the seed's alone
+whatever the server serves: what is drawn by hand, which depends on the subject served, has a generator
+of its own.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -39,10 +40,18 @@ from PIL import Image
 
 from etchacell_loop.sandbox.config import PANOPTES_CLIENT_DEFAULT_ID
 from etchacell_loop.simulation.browser import Selection, Visit, api_annotations, api_metadata, new_mark_id
-from etchacell_loop.simulation.correction import MachineMark, correct_marks, marks_from_overlay
+from etchacell_loop.simulation.correction import (
+    Corrector,
+    CorrectorMix,
+    MachineMark,
+    SubmittedMark,
+    correct_marks,
+    marks_from_overlay,
+)
 from etchacell_loop.simulation.crowd import Behaviour, CrowdMix, SimStroke, Volunteer, make_volunteer, trace
 from etchacell_loop.simulation.export import Browser, FrontEnd, random_browser, record_stroke
 from etchacell_loop.simulation.shapes import SliceTruth
+from etchacell_loop.simulation.timing import TimeModel, path_length_px
 from etchacell_loop.simulation.truth import TruthError, VolumeTruth, open_volume_truth, subject_crop, subject_truth
 from etchacell_loop.subject_metadata import subject_layout
 
@@ -79,6 +88,8 @@ class RunOptions:
     new_volunteer_probability: float = DEFAULT_NEW_VOLUNTEER_PROBABILITY
     page_size: int = 10
     password: str = "volunteer"
+    correctors: CorrectorMix = field(default_factory=CorrectorMix)  # how volunteers treat machine outlines
+    time_model: TimeModel = field(default_factory=TimeModel)  # the started_at / finished_at they record
 
     def __post_init__(self) -> None:
         if self.max_classifications is None and not self.until_retired and not self.follow:
@@ -166,6 +177,7 @@ class SimVolunteer:
     token: str | None = None
     seen: set[int] = field(default_factory=set)
     classifications: int = 0
+    corrector: Corrector = Corrector.CAREFUL
 
     @property
     def key(self) -> str:
@@ -183,6 +195,8 @@ class Posted:
     prolific: bool
     front_end: FrontEnd
     kind: str  # "tracing" or "correction"
+    seconds: float = 0.0  # finished_at - started_at, as recorded
+    corrector: Corrector | None = None  # on a correction: how this volunteer treated the outline
 
 
 @dataclass
@@ -244,6 +258,9 @@ class VolunteerCrowd:
         self.options = options
         self.volumes = volumes
         self.rng = np.random.default_rng(options.seed)
+        # what is drawn by hand (strokes, corrections, mark ids) depends on the subject the server served:
+        # a generator of its own, so who classifies, and how, stays the seed's whatever the server serves
+        self.marks_rng = np.random.default_rng([options.seed, 0x3A])
         mix = options.mix
         self.effort = EffortProcess(
             self.rng, len(mix.prolific_behaviours), mix.prolific_share, options.new_volunteer_probability
@@ -357,6 +374,8 @@ class VolunteerCrowd:
             address=f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}",
             session=self.rng.bytes(32).hex(),
             login=login,
+            # from a generator of its own: the crowd's other choices stay as they were for a seed
+            corrector=self.options.correctors.draw(np.random.default_rng([self.options.seed, index, 0xC0])),
         )
         if login is not None:
             person.token = self._sign_in(login)
@@ -434,16 +453,18 @@ class VolunteerCrowd:
         correction = bool(machine) or str(metadata.get(KIND_KEY, "")) == PREDICTION_KIND
         front_end = FrontEnd.FEM if machine else person.front_end  # only the new front end pre-loads marks
         started_s = self.clock()
-        duration_s = float(self.rng.lognormal(math.log(55.0), 0.5) + 8.0)
+        pace = self.options.time_model.pace(self.rng)
         if machine:
             strokes, mark_ids = self._correct_in_place(person, frames, machine)
         elif correction:
             if len(images) < 2:
                 raise VolunteerRunError(f"prediction subject {subject_id} has no overlay frame")
-            strokes, mark_ids = self._correct(person, frames[target], images[1], target)
+            machine = marks_from_overlay(np.asarray(images[1].convert("RGB")), frame=target)
+            strokes, mark_ids = self._correct(person, frames[target], machine, target)
         else:
-            strokes = trace(person.volunteer, frames, target, self.rng)
+            strokes = trace(person.volunteer, frames, target, self.marks_rng)
             mark_ids = [None] * len(strokes)
+        duration_s = self._duration_s(strokes, mark_ids, machine if correction else None, pace)
         recorded, ids = self._record(strokes, mark_ids, front_end)
         visit = Visit(
             browser=person.browser,
@@ -479,7 +500,29 @@ class VolunteerCrowd:
             prolific=person.volunteer.prolific,
             front_end=front_end,
             kind="correction" if correction else "tracing",
+            seconds=round(duration_s, 3),
+            corrector=person.corrector if correction else None,
         )
+
+    def _duration_s(
+        self,
+        strokes: Sequence[SimStroke],
+        mark_ids: Sequence[str | None],
+        machine: Sequence[MachineMark] | None,
+        pace: float,
+    ) -> float:
+        """The time the classification records (:mod:`etchacell_loop.simulation.timing`): its own
+        strokes drawn at a hand's pace; on a correction also the machine outline read and its marks
+        deleted (a kept mark keeps its id; an overlay's marks have none, so traced-over ones count
+        as drawn)."""
+        model = self.options.time_model
+        drawn = path_length_px((s.x_px, s.y_px) for s, m in zip(strokes, mark_ids, strict=True) if m is None)
+        if machine is None:
+            return model.tracing_s(drawn, pace)
+        kept = {m for m in mark_ids if m is not None}
+        shown = path_length_px((m.x_px, m.y_px) for m in machine)
+        deleted = sum(1 for m in machine if m.mark_id is not None and m.mark_id not in kept)
+        return model.correcting_s(shown, drawn, deleted, pace)
 
     def _record(
         self, strokes: Sequence[SimStroke], mark_ids: Sequence[str | None], front_end: FrontEnd
@@ -492,15 +535,17 @@ class VolunteerCrowd:
             kept = stroke if mark_id is not None else record_stroke(stroke, front_end)
             if kept is not None:
                 recorded.append(kept)
-                ids.append(mark_id or new_mark_id(self.rng))
+                ids.append(mark_id or new_mark_id(self.marks_rng))
         return recorded, ids
 
     def _correct(
-        self, person: SimVolunteer, truth: SliceTruth, overlay: Image.Image, frame: int
+        self, person: SimVolunteer, truth: SliceTruth, machine: Sequence[MachineMark], frame: int
     ) -> tuple[list[SimStroke], list[str | None]]:
-        machine = marks_from_overlay(np.asarray(overlay.convert("RGB")), frame=frame)
-        submitted = correct_marks(machine, truth, person.volunteer, self.rng, frame=frame)
-        return [m.stroke for m in submitted], [m.mark_id for m in submitted]
+        """The overlay's outline (read back from frame 1) judged against the slice's truth."""
+        submitted = correct_marks(
+            machine, truth, person.volunteer, self.marks_rng, frame=frame, corrector=person.corrector
+        )
+        return _strokes_and_ids(submitted)
 
     def _correct_in_place(
         self, person: SimVolunteer, frames: Sequence[SliceTruth], machine: Sequence[MachineMark]
@@ -511,7 +556,10 @@ class VolunteerCrowd:
         for frame in sorted({m.frame for m in machine}):
             truth = frames[min(frame, len(frames) - 1)]
             on_frame = [m for m in machine if m.frame == frame]
-            for submitted in correct_marks(on_frame, truth, person.volunteer, self.rng, frame=frame):
+            judged = correct_marks(
+                on_frame, truth, person.volunteer, self.marks_rng, frame=frame, corrector=person.corrector
+            )
+            for submitted in judged:
                 strokes.append(submitted.stroke)
                 mark_ids.append(submitted.mark_id)
         return strokes, mark_ids
@@ -579,6 +627,10 @@ def _machine_marks_of(reduction: Mapping[str, Any], task: str) -> list[MachineMa
             mark_id = raw.get("markId")
             marks.append(MachineMark(str(mark_id) if mark_id else None, frame, x, y))
     return marks
+
+
+def _strokes_and_ids(submitted: Sequence[SubmittedMark]) -> tuple[list[SimStroke], list[str | None]]:
+    return [m.stroke for m in submitted], [m.mark_id for m in submitted]
 
 
 def _urls(subject: Mapping[str, Any]) -> list[str]:

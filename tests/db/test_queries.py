@@ -49,6 +49,7 @@ from etchacell_loop.db.models import (
     WorkflowRole,
 )
 from etchacell_loop.db.queries import QueryError, get_query, load_queries, run_query
+from etchacell_loop.effort import EFFORT_COLUMNS
 from tests.factories import add_project, add_roi, add_subject_set, add_workflow
 
 QUERIES = load_queries()
@@ -107,6 +108,20 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "consensus_f_measure_truth",
         "mean_correction_dice",
         "corrected_slices",
+        "monitored_slices",
+        "corrections_guard",
+        "corrections_guard_note",
+    ),
+    "monitoring_slices": (
+        "version",
+        "roi_id",
+        "slice_index",
+        "monitoring_subject_panoptes_id",
+        "monitoring_upload_state",
+        "corrected",
+        "traced",
+        "correction_dice",
+        "monitoring_dice",
     ),
     "recent_events": (
         "id",
@@ -148,6 +163,7 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "model_version",
     ),
     "volunteer_activity": ("volunteer_key", "user_name", "classifications", "first_seen", "last_seen", "share"),
+    "volunteer_effort": EFFORT_COLUMNS,  # computed in Python from its rows: tests/db/test_effort_query.py
     "volunteer_effort_gini": ("volunteers", "classifications", "gini"),
     "volunteer_reliability": ("volunteer_key", "user_name", "slices", "mean_dice", "shrunk_dice", "flagged"),
 }

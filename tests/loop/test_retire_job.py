@@ -562,3 +562,44 @@ def test_more_subjects_than_one_transaction_holds_are_each_judged_once(offline: 
         judged = session.exec(select(RetirementDecision.subject_id)).all()
         retiring = session.exec(select(Subject).where(Subject.retirement_state == RetirementState.RETIRING)).all()
     assert len(judged) == len(set(judged)) == count and len(retiring) == count
+
+
+def test_a_disputed_corrected_consensus_is_not_retired_as_stable(offline: World) -> None:
+    """The same stable corrections as above, but the last consensus is disputed (one volunteer
+    changed the machine outline, cria/correction.py): the subject waits for more volunteers."""
+    correction_workflow, prediction_set = add_correction_workflow(offline)
+    correction = add_subject(offline, 7, None, SubjectKind.PREDICTION, subject_set_id=prediction_set)
+    corrections = (Step(3, 80.0), Step(4, 80.0), Step(5, 80.5))
+    checked_until_the_last(offline, History(correction, corrections, ConsensusKind.CORRECTED, correction_workflow))
+    with Session(offline.engine) as session:
+        last = session.exec(
+            select(ConsensusResult).where(ConsensusResult.subject_id == correction, col(ConsensusResult.is_current))
+        ).one()
+        last.params = {"method": "cria", "correction": {"state": "disputed", "kept": 4, "edited": 1, "deleted": 0}}
+        session.add(last)
+        session.commit()
+
+    run_retire(session_factory(offline.engine), None, offline.settings)
+
+    decision = decisions(offline, correction)[-1]
+    assert decision.outcome == DecisionOutcome.KEEP and "disputed" in decision.details["reason"]
+    assert subject_row(offline, correction).retirement_state == RetirementState.ACTIVE
+
+
+def test_correction_subjects_settle_from_min_corrections(offline: World) -> None:
+    """Correction subjects start counting stable checks at ``retirement.min_corrections``, traced
+    subjects at ``min_classifications``."""
+    settings = offline.settings.model_copy(
+        update={"retirement": offline.settings.retirement.model_copy(update={"min_classifications": 8})}
+    )
+    correction_workflow, prediction_set = add_correction_workflow(offline)
+    raw = add_subject(offline, 7, None)
+    correction = add_subject(offline, 7, None, SubjectKind.PREDICTION, subject_set_id=prediction_set)
+    steady = (Step(3, 80.0), Step(4, 80.0), Step(5, 80.0))
+    for history in (History(raw, steady), History(correction, steady, ConsensusKind.CORRECTED, correction_workflow)):
+        for step in history.steps:
+            aggregated(offline, history.subject_id, step, history.kind, history.workflow_id)
+            run_retire(session_factory(offline.engine), None, settings)
+    assert settings.retirement.min_corrections <= 4
+    assert decisions(offline, correction)[-1].outcome == DecisionOutcome.RETIRE
+    assert decisions(offline, raw)[-1].outcome == DecisionOutcome.KEEP

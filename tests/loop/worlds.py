@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,10 @@ class World:
             return list(conn.execute(sa.text(sql)))
 
 
-def make_world(name: str, sandbox: SandboxProcess, db_url: str, data_dir: Path) -> World:
-    """A fresh sandbox project and a migrated database, configured for the loop."""
-    project = sandbox.seed(display_name=name)
+def make_world(name: str, sandbox: SandboxProcess, db_url: str, data_dir: Path, retirement_count: int = 30) -> World:
+    """A fresh sandbox project (Panoptes retiring a subject after ``retirement_count`` classifications)
+    and a migrated database, configured for the loop."""
+    project = sandbox.seed(display_name=name, retirement_count=retirement_count)
     env = {
         **LOOP_SETTINGS,
         "ETCHACELL_DATA_DIR": str(data_dir),
@@ -97,27 +99,33 @@ def subjects_by_upload_key(sandbox: SandboxProcess, project_id: int) -> dict[int
     return {s["id"]: s["metadata"]["#upload_key"] for s in sandbox.inventory(project_id)["subjects"]}
 
 
-def replay_classifications(sandbox: SandboxProcess, source_project_id: int, world: World) -> int:
+def replay_classifications(
+    sandbox: SandboxProcess, source_project_id: int, world: World, per_subject: Callable[[str], int] | None = None
+) -> int:
     """Post the source project's classifications into ``world``, in their order, each on the world's
-    subject with the same upload key and under a session naming its volunteer; how many."""
+    subject with the same upload key and under a session naming its volunteer; how many.
+    ``per_subject`` (upload key → a number) replays only each subject's first ones."""
     source_keys = subjects_by_upload_key(sandbox, source_project_id)
     world_subjects = {
         key: subject for subject, key in subjects_by_upload_key(sandbox, world.project["project_id"]).items()
     }
-    posted = 0
+    posted: Counter[str] = Counter()
     for rank, item in enumerate(
         sorted(project_classifications(sandbox, source_project_id), key=lambda c: int(c["id"]))
     ):
         (subject,) = item["links"]["subjects"]
+        key = source_keys[int(subject)]
+        if per_subject is not None and posted[key] >= per_subject(key):
+            continue
         metadata = {**item["metadata"], "session": _session(item, rank)}
         sandbox.bulk_classifications(
             world.project["segmentation_workflow_id"],
-            [world_subjects[source_keys[int(subject)]]],
+            [world_subjects[key]],
             annotations=item["annotations"],
             metadata=metadata,
         )
-        posted += 1
-    return posted
+        posted[key] += 1
+    return posted.total()
 
 
 def _session(item: Mapping[str, Any], rank: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -79,3 +80,28 @@ def test_mixed_precision_keeps_the_output_and_the_loss_in_float32() -> None:
     assert keras.mixed_precision.dtype_policy().name == "float32"  # restored
     assert model.get_layer("envelope").compute_dtype == "float32"
     assert model.get_layer("down0_conv1").compute_dtype == "bfloat16"
+
+
+def test_the_backends_chatter_is_silenced_at_its_source_and_nothing_else() -> None:
+    """What filled the worker's log: TensorFlow's cuInit error on a CPU machine, its retracing
+    warnings, and Keras' ``shuffle=True`` warning for a generator. Other warnings still show."""
+    program = (
+        "import logging, warnings\n"
+        "from etchacell_loop.model.backend import select_backend\n"
+        "select_backend('tensorflow')\n"
+        "import keras, numpy as np, tensorflow as tf\n"
+        "model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])\n"
+        "model.compile('adam', 'mse')\n"
+        "def batches():\n"
+        "    while True:\n"
+        "        yield np.zeros((2, 4), 'float32'), np.zeros((2, 1), 'float32')\n"
+        "model.fit(batches(), steps_per_epoch=1, epochs=1, verbose=0)\n"
+        "tf.get_logger().warning('5 out of the last 5 calls to <function f> triggered tf.function retracing.')\n"
+        "tf.get_logger().warning('a warning that matters')\n"
+        "warnings.warn('another warning that matters', UserWarning)\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k not in {"TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND"}}
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300, env=environ)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cuInit" not in done.stderr and "retracing" not in done.stderr and "shuffle=True" not in done.stderr
+    assert "a warning that matters" in done.stderr and "another warning that matters" in done.stderr

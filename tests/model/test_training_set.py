@@ -25,7 +25,7 @@ from etchacell_loop.db.models import (
     WorkflowRole,
 )
 from etchacell_loop.loop.retire_job import record_decision, run_retire
-from etchacell_loop.model.training_set import TrainingSetError, build_training_set
+from etchacell_loop.model.training_set import DISPUTED, TrainingSetError, build_training_set
 from etchacell_loop.retirement import FixedCount, Update
 from tests.factories import add_project, add_workflow
 from tests.model.training_rows import add_consensus, add_volume
@@ -266,3 +266,37 @@ def test_nothing_settled_is_refused_and_says_why(migrated_engine: Engine, data_d
         session.commit()
         with pytest.raises(TrainingSetError, match=r"no settled consensus .*1 consensus not settled"):
             build_training_set(session, data_dir)
+
+
+def test_a_disputed_correction_is_not_trained_on(migrated_engine: Engine, data_dir: Path) -> None:
+    """A settled corrected consensus whose verdict is ``disputed`` (too few volunteers changed the machine
+    outline) is left out, and its slice keeps its settled traced consensus; ``confirmed``, ``corrected``
+    and a row without a verdict are used."""
+    masks = data_dir / "masks"
+
+    def corrected(session: Session, roi: Roi, z: int, verdict: dict[str, object] | None) -> ConsensusResult:
+        row = add_consensus(session, roi, z, _mask(masks / f"c{z}.png", 9), crop_xywh=CROP,
+                            kind=ConsensusKind.CORRECTED)  # fmt: skip
+        if verdict is not None:
+            row.params = {"method": "cria", "correction": verdict}
+            session.add(row)
+        return row
+
+    with Session(migrated_engine) as session:
+        volume = add_volume(session, "hela", "/volumes/hela.zarr")
+        assert volume.id is not None
+        train = _roi(session, volume.id, "cell01", DataSplit.TRAIN)
+        val = _roi(session, volume.id, "cell02", DataSplit.VALIDATION)
+        traced = add_consensus(session, train, 1, _mask(masks / "v1.png", 8), crop_xywh=CROP)
+        corrected(session, train, 1, {"state": "disputed", "kept": 5, "edited": 1, "deleted": 0})
+        corrected(session, train, 2, {"state": "disputed"})  # nothing traced to fall back on
+        used = [
+            corrected(session, train, 3, {"state": "confirmed"}),
+            corrected(session, train, 4, {"state": "corrected"}),
+            corrected(session, train, 5, None),  # an older row, made before verdicts were stored
+        ]
+        add_consensus(session, val, 1, _mask(masks / "val1.png", 7), crop_xywh=CROP)
+        session.commit()
+        snapshot = build_training_set(session, data_dir).snapshot
+    assert snapshot.consensus_ids["train"] == tuple(sorted([traced.id or 0, *(row.id or 0 for row in used)]))
+    assert snapshot.skipped == {DISPUTED: 2}

@@ -133,6 +133,28 @@ def test_classification_pages_follow_last_id_to_the_end(
     assert list(gateway.classification_pages(project, other, last_id=0)) == []
 
 
+def test_classification_pages_go_on_past_items_without_a_usable_id(
+    gateway: PanoptesGateway, sandbox: SandboxProcess, sandbox_project: dict[str, int]
+) -> None:
+    """A page whose last items have no id (or one that is no id) is paged past: on its highest
+    readable id, or on Panoptes' own next_href when no item has one; the items are handed on as sent."""
+    project, workflow = sandbox_project["project_id"], sandbox_project["segmentation_workflow_id"]
+    subject = gateway.create_subject(project, gateway.ensure_subject_set(project, "c"), [("image/jpeg", b"x")], {})
+    bulk = sandbox.bulk_classifications(workflow, [subject.id], per_subject=7)
+    ids = list(range(bulk["first_id"], bulk["last_id"] + 1))
+    kinds = ["missing_id", "fractional_id", "not_an_object", "id_not_a_number"]
+    sandbox.set_faults(poison_ids=[ids[2], ids[3], ids[4], ids[6]], poison_kinds=kinds)
+    pages = list(gateway.classification_pages(project, workflow, last_id=0, page_size=3))
+    items = [item for page in pages for item in page]
+    readable = [int(i["id"]) for i in items if isinstance(i, dict) and str(i.get("id", "")).isdigit()]
+    assert sorted(set(readable)) == [ids[0], ids[1], ids[5]]
+    assert f"classification {ids[4]}" in items  # handed on as sent: checking items is the caller's job
+    assert pages[-1][-1]["id"] == f"classification-{ids[6]}"  # reached the end
+    singles = list(gateway.classification_pages(project, workflow, last_id=0, page_size=1))
+    assert len(singles) == 7  # each id-less page passed on next_href, none asked for twice
+    assert any(isinstance(i, dict) and "id" not in i for i in singles[2])
+
+
 def test_the_token_is_refreshed_when_it_expires(start_sandbox: Callable[..., SandboxProcess]) -> None:
     """Tokens living 3 s (< the client's 2-minute margin): every call fetches a new one, and a call
     made after the first token has expired on the server still succeeds."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from etchacell_loop.annotations import parse_classification
 from etchacell_loop.sandbox.harness import SandboxProcess
-from etchacell_loop.simulation.correction import envelope_distance_px
+from etchacell_loop.simulation.correction import Corrector, CorrectorMix, envelope_distance_px
 from etchacell_loop.simulation.crowd import Behaviour, CrowdMix
 from etchacell_loop.simulation.shapes import outlines
 from etchacell_loop.simulation.truth import open_volume_truth, subject_crop, subject_truth
@@ -91,6 +93,27 @@ def test_a_crowd_classifies_like_the_front_ends(sandbox: SandboxProcess, volume_
     assert {p.front_end.value for p in report.posted} == {"fem", "pfe"}
 
 
+def test_who_classifies_is_the_seeds_alone_whatever_the_server_serves(
+    sandbox: SandboxProcess, volume_path: Path, tmp_path: Path
+) -> None:
+    """The sandbox, as Panoptes, serves subjects in a random order, so which subject each volunteer
+    traces differs from run to run; who classifies, in which order, signed in or not, with which
+    behaviour and front end, must not: a tracing's draws depend on the subject served, and when they
+    came from the crowd's one generator an unlucky order made another crowd (one without anonymous
+    volunteers failed the test above now and then)."""
+    sandbox.clear_faults()
+    mix = CrowdMix.parse("careful=0.5,sloppy=0.2,partial=0.1,nucleolus=0.1,empty=0.1").with_prolific(1, 0.2)
+    crowds = []
+    for _ in range(2):
+        ids = sandbox.seed(retirement_count=30)
+        upload(sandbox, ids["segmentation_workflow_id"], ids["project_id"], flipbooks(tmp_path, [4, 5, 6, 7]))
+        options = RunOptions(workflow_id=ids["segmentation_workflow_id"], mix=mix, seed=11, max_classifications=40)
+        with VolunteerCrowd(sandbox.url, options, volumes_by_name([volume_path])) as crowd:
+            report = crowd.run()
+        crowds.append([(p.volunteer, p.behaviour, p.prolific, p.front_end) for p in report.posted])
+    assert crowds[0] == crowds[1]
+
+
 def test_until_retired_stops_when_every_subject_is_retired(
     sandbox: SandboxProcess, volume_path: Path, tmp_path: Path
 ) -> None:
@@ -158,10 +181,12 @@ def test_correction_subjects_are_judged_from_the_overlay(
     overlay_path = tmp_path / "overlay.jpg"
     overlay.save(overlay_path, "JPEG", quality=90)
     upload(sandbox, workflow_id, project_id, [(metadata, [slice_path, overlay_path])])
+    careful = CorrectorMix.parse("careful=1")
     options = RunOptions(workflow_id=workflow_id, mix=CrowdMix.parse("careful=1"), seed=5, max_classifications=3)
-    with VolunteerCrowd(sandbox.url, options, volumes_by_name([volume_path])) as crowd:
+    with VolunteerCrowd(sandbox.url, replace(options, correctors=careful), volumes_by_name([volume_path])) as crowd:
         report = crowd.run()
     assert {p.kind for p in report.posted} == {"correction"}
+    assert {p.corrector for p in report.posted} == {Corrector.CAREFUL}
     distance = envelope_distance_px(truth.nucleus)
     for row in project_classifications(sandbox, project_id):
         parsed = parse_classification(row["annotations"], row["metadata"])
@@ -171,6 +196,58 @@ def test_correction_subjects_are_judged_from_the_overlay(
             rows_px = np.clip(np.round(tracing.y_px).astype(int), 0, 74)
             cols_px = np.clip(np.round(tracing.x_px).astype(int), 0, 69)
             assert float(np.median(distance[rows_px, cols_px])) < 2.0
+
+
+def test_correctors_accept_redraw_or_delete_and_record_their_time(
+    sandbox: SandboxProcess, volume_path: Path, tmp_path: Path
+) -> None:
+    """The same wrong overlay judged by each corrector behaviour: accept-anything volunteers trace over
+    the machine's outline, over-correctors trace the envelope, empty submitters draw nothing; the
+    times recorded in the metadata follow the time model (a look, the outline read, what was drawn)."""
+    sandbox.clear_faults()
+    ids = sandbox.seed(retirement_count=30)
+    workflow_id, project_id = ids["correction_workflow_id"], ids["project_id"]
+    metadata = {**subject_metadata("hela", 6), "#kind": "prediction", "#frame_slices": "6,6", "#target_frame": "0"}
+    truth = subject_truth(open_volume_truth(volume_path), subject_crop(metadata))[0]
+    (loop,) = outlines(truth.nucleus)
+    centre = loop.mean(axis=0)
+    wide = centre + (loop - centre) * 1.4
+    slice_path = subject_jpeg(tmp_path / "slice.jpg")
+    overlay = Image.open(slice_path).convert("RGB")
+    ImageDraw.Draw(overlay).line([*map(tuple, wide.tolist()), tuple(wide[0])], fill=(255, 0, 255), width=3)
+    overlay_path = tmp_path / "overlay.jpg"
+    overlay.save(overlay_path, "JPEG", quality=90)
+    upload(sandbox, workflow_id, project_id, [(metadata, [slice_path, overlay_path])])
+    distance = envelope_distance_px(truth.nucleus)
+    medians: dict[Corrector, float] = {}
+    seconds: dict[Corrector, float] = {}
+    for seed, corrector in enumerate((Corrector.ACCEPT, Corrector.REDRAW, Corrector.EMPTY)):
+        options = RunOptions(
+            workflow_id=workflow_id,
+            mix=CrowdMix.parse("careful=1"),
+            seed=10 + seed,
+            max_classifications=1,
+            correctors=CorrectorMix.parse(f"{corrector.value}=1"),
+        )
+        with VolunteerCrowd(sandbox.url, options, volumes_by_name([volume_path])) as crowd:
+            (posted,) = crowd.run().posted
+        row = next(r for r in project_classifications(sandbox, project_id) if int(r["id"]) == posted.classification_id)
+        parsed = parse_classification(row["annotations"], row["metadata"])
+        recorded = (
+            datetime.fromisoformat(row["metadata"]["finished_at"])
+            - datetime.fromisoformat(row["metadata"]["started_at"])
+        ).total_seconds()
+        assert recorded == pytest.approx(posted.seconds, abs=0.002)
+        seconds[corrector] = posted.seconds
+        points = [(t.y_px, t.x_px) for t in parsed.tracings]
+        if corrector is Corrector.EMPTY:
+            assert not points
+            continue
+        rows_px = np.clip(np.round(np.concatenate([p[0] for p in points])).astype(int), 0, 74)
+        cols_px = np.clip(np.round(np.concatenate([p[1] for p in points])).astype(int), 0, 69)
+        medians[corrector] = float(np.median(distance[rows_px, cols_px]))
+    assert medians[Corrector.REDRAW] < 2.0 < medians[Corrector.ACCEPT]  # the acceptor kept the wide outline
+    assert seconds[Corrector.EMPTY] < seconds[Corrector.REDRAW]
 
 
 def test_subjects_of_an_unknown_volume_are_refused(sandbox: SandboxProcess, volume_path: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from etchacell_loop.loop.machine_marks import envelope_marks, is_machine_mark_id
 from etchacell_loop.panoptes.caesar import CaesarGateway, connect_caesar
 from etchacell_loop.panoptes.gateway import connect
 from etchacell_loop.sandbox.harness import SandboxProcess
-from etchacell_loop.simulation.correction import envelope_distance_px
+from etchacell_loop.simulation.correction import CorrectorMix, envelope_distance_px
 from etchacell_loop.simulation.crowd import CrowdMix
 from etchacell_loop.simulation.truth import open_volume_truth, subject_crop, subject_truth
 from etchacell_loop.simulation.volunteers import RunOptions, VolunteerCrowd, volumes_by_name
@@ -40,9 +40,15 @@ def caesar(sandbox: SandboxProcess) -> Iterator[CaesarGateway]:
 
 
 def run_crowd(sandbox: SandboxProcess, workflow_id: int, volume_path: Path) -> list[str]:
-    """Careful volunteers, all on the old front end unless the workflow makes them use the new one."""
+    """Careful volunteers and correctors, all on the old front end unless the workflow makes them use
+    the new one."""
     options = RunOptions(
-        workflow_id=workflow_id, mix=CrowdMix.parse("careful=1"), seed=4, until_retired=True, fem_fraction=0.0
+        workflow_id=workflow_id,
+        mix=CrowdMix.parse("careful=1"),
+        seed=4,
+        until_retired=True,
+        fem_fraction=0.0,
+        correctors=CorrectorMix.parse("careful=1"),
     )
     with VolunteerCrowd(sandbox.url, options, volumes_by_name([volume_path])) as crowd:
         report = crowd.run()
