@@ -19,10 +19,22 @@ retired: the notion training uses, :data:`etchacell_loop.model.training_set.SETT
 round's figures compare finished answers and do not drift while unfinished slices gather
 classifications.
 
-Seconds per settled slice are the round's mean known duration times its classifications per settled
-slice: a classification whose duration is unknown counts at the round's mean, so a few broken clocks
-neither make a round look cheaper nor hide it. The saving of a correction round is
-``1 - seconds per settled corrected slice / seconds per settled traced slice`` (round 0's).
+Monitoring: a random share of each version's corrected slices is also uploaded as a raw subject and
+traced from scratch (``slice_prediction.monitoring_subject_id``, :mod:`etchacell_loop.loop.monitoring`).
+That tracing is not round 0's work — those slices would be counted twice, and tracing would look as if
+it grew with every round — but a cost of checking the version's corrections: its classifications are
+charged to the round of the version it monitors (``monitoring_classifications``), once both the
+corrected subject and the monitoring subject have settled, and its slice is not counted again. The
+saving of a correction round is therefore net of the monitoring it needs, as
+``bench/bench_corrections.py`` counts it.
+
+Seconds per settled slice are the round's known seconds plus each untimed classification valued at the
+mean known duration of its own task (correcting, or tracing a monitoring slice; the round's mean when
+none of that task is timed), over its settled slices: a few broken clocks neither make a round look
+cheaper nor hide it, and an untimed monitoring tracing is not valued at a correction's pace. Without
+monitoring this is the round's mean known duration times its classifications per settled slice. The
+saving of a correction round is ``1 - seconds per settled corrected slice / seconds per settled traced
+slice`` (round 0's).
 
 The rows come from the named query ``ops/queries/volunteer_effort.sql`` (:data:`INPUT_COLUMNS`):
 selecting them is portable SQL, but reading JSON text and ISO times is not (SQLite's ``json_extract``
@@ -138,10 +150,13 @@ INPUT_COLUMNS = (
 """What each row of ``volunteer_effort.sql`` holds. ``row_kind`` ``slice``: one settled subject, with
 its prediction's ``correction_dice`` and, for a monitoring slice traced from scratch too, its
 ``monitoring_dice`` (corrected against traced consensus, ``slice_prediction.monitoring_dice``);
-``classification``: one classification of a settled subject, with its ``raw_metadata``."""
+``classification``: one classification of a settled subject, with its ``raw_metadata``;
+``monitoring``: one classification of a settled monitoring subject (a raw subject, traced from scratch)
+whose corrected subject has settled too, with the ``loop_round`` and ``model_version`` it monitors."""
 
 SLICE_ROW = "slice"
 CLASSIFICATION_ROW = "classification"
+MONITORING_ROW = "monitoring"
 
 
 @dataclass(frozen=True)
@@ -149,10 +164,13 @@ class RoundEffort:
     """What volunteers spent on one round's settled slices, and the quality those slices reached.
 
     ``round``: 0 for tracing, N for the N-th model version whose predictions were corrected, None for
-    prediction subjects that name no model version. ``volunteer_seconds`` sums the known durations
-    (``timed`` classifications); ``unknown`` counts the others by reason. ``monitoring_dice``: Dice
-    between the corrected and the traced consensus of the ``monitored_slices``, the monitoring slices
-    traced from scratch too whose two answers have been compared.
+    prediction subjects that name no model version. ``classifications``, ``timed``,
+    ``volunteer_seconds`` (the sum of the known durations) and ``unknown`` (the untimed, by reason)
+    count everything charged to the round; of those, ``monitoring_classifications``,
+    ``monitoring_timed`` and ``monitoring_seconds`` are the tracings from scratch of its monitoring
+    slices. ``monitoring_dice``: Dice between the corrected and the traced consensus of the
+    ``monitored_slices``, the monitoring slices traced from scratch too whose two answers have been
+    compared.
     """
 
     round: int | None
@@ -166,6 +184,9 @@ class RoundEffort:
     correction_dice: tuple[float, ...] = ()
     monitored_slices: int = 0
     monitoring_dice: tuple[float, ...] = ()
+    monitoring_classifications: int = 0
+    monitoring_timed: int = 0
+    monitoring_seconds: float = 0.0
 
     @property
     def untimed(self) -> int:
@@ -181,11 +202,30 @@ class RoundEffort:
 
     @property
     def seconds_per_slice(self) -> float | None:
-        """The round's mean known duration times its classifications per settled slice."""
-        per_classification, per_slice = self.seconds_per_classification, self.classifications_per_slice
-        if per_classification is None or per_slice is None:
+        """The round's estimated seconds (:meth:`estimated_seconds`) per settled slice."""
+        total = self.estimated_seconds
+        if total is None or not self.settled_slices:
             return None
-        return per_classification * per_slice
+        return total / self.settled_slices
+
+    @property
+    def estimated_seconds(self) -> float | None:
+        """Every classification charged to the round at its known duration, or else at the mean known
+        duration of its task (the monitoring tracings and the rest apart, as they take different
+        times); None when none is timed."""
+        overall = self.seconds_per_classification
+        if overall is None:
+            return None
+        monitoring = (self.monitoring_classifications, self.monitoring_timed, self.monitoring_seconds)
+        work = (
+            self.classifications - monitoring[0],
+            self.timed - monitoring[1],
+            self.volunteer_seconds - monitoring[2],
+        )
+        return sum(
+            seconds + (count - timed) * (seconds / timed if timed else overall)
+            for count, timed, seconds in (work, monitoring)
+        )
 
     @property
     def median_correction_dice(self) -> float | None:
@@ -207,29 +247,15 @@ class RoundEffort:
 
 
 @dataclass
-class _Tally:
-    """A round's figures while its rows are read."""
+class _Clock:
+    """Classifications and their known seconds, while rows are read."""
 
-    slices: set[tuple[int, int]] = field(default_factory=set)
     classifications: int = 0
     timed: int = 0
     seconds: float = 0.0
     unknown: Counter[Unknown] = field(default_factory=Counter)
-    correction_dice: list[float] = field(default_factory=list)
-    monitoring_dice: dict[tuple[int, int], float] = field(default_factory=dict)  # one per slice
 
-    def add(self, row: Mapping[str, Any], max_seconds: float) -> None:
-        where = (int(row["roi_id"]), int(row["slice_index"]))
-        if row["row_kind"] == CLASSIFICATION_ROW:
-            self._classification(row.get("raw_metadata"), max_seconds)
-            return
-        self.slices.add(where)
-        if row.get("correction_dice") is not None:
-            self.correction_dice.append(float(row["correction_dice"]))
-        if row.get("monitoring_dice") is not None:
-            self.monitoring_dice[where] = float(row["monitoring_dice"])
-
-    def _classification(self, metadata: str | None, max_seconds: float) -> None:
+    def add(self, metadata: str | None, max_seconds: float) -> None:
         self.classifications += 1
         duration = classification_seconds(metadata, max_seconds)
         if duration.seconds is None:
@@ -237,6 +263,32 @@ class _Tally:
             return
         self.timed += 1
         self.seconds += duration.seconds
+
+
+@dataclass
+class _Tally:
+    """A round's figures while its rows are read: its own task's classifications and its monitoring
+    tracings on separate clocks, as their durations differ."""
+
+    slices: set[tuple[int, int]] = field(default_factory=set)
+    work: _Clock = field(default_factory=_Clock)
+    monitoring: _Clock = field(default_factory=_Clock)
+    correction_dice: list[float] = field(default_factory=list)
+    monitoring_dice: dict[tuple[int, int], float] = field(default_factory=dict)  # one per slice
+
+    def add(self, row: Mapping[str, Any], max_seconds: float) -> None:
+        where = (int(row["roi_id"]), int(row["slice_index"]))
+        if row["row_kind"] == CLASSIFICATION_ROW:
+            self.work.add(row.get("raw_metadata"), max_seconds)
+            return
+        if row["row_kind"] == MONITORING_ROW:
+            self.monitoring.add(row.get("raw_metadata"), max_seconds)
+            return
+        self.slices.add(where)
+        if row.get("correction_dice") is not None:
+            self.correction_dice.append(float(row["correction_dice"]))
+        if row.get("monitoring_dice") is not None:
+            self.monitoring_dice[where] = float(row["monitoring_dice"])
 
 
 RoundKey = tuple[int | None, Task, str | None]
@@ -257,8 +309,9 @@ def effort_by_round(rows: Iterable[Mapping[str, Any]], max_seconds: float = MAX_
 
 
 def round_key(row: Mapping[str, Any]) -> RoundKey:
-    """Which round a row belongs to: raw subjects are tracing (round 0) whatever the query says."""
-    if row["subject_kind"] == "raw":
+    """Which round a row belongs to: a monitoring tracing is charged to the round it monitors; other
+    raw subjects are tracing (round 0) whatever the query says."""
+    if row["subject_kind"] == "raw" and row["row_kind"] != MONITORING_ROW:
         return (TRACING_ROUND, Task.TRACING, None)
     number = row.get("loop_round")
     return (None if number is None else int(number), Task.CORRECTION, row.get("model_version"))
@@ -266,18 +319,22 @@ def round_key(row: Mapping[str, Any]) -> RoundKey:
 
 def _finished(key: RoundKey, tally: _Tally) -> RoundEffort:
     number, task, version = key
+    work, monitoring = tally.work, tally.monitoring
     return RoundEffort(
         round=number,
         task=task,
         model_version=version,
         settled_slices=len(tally.slices),
-        classifications=tally.classifications,
-        timed=tally.timed,
-        volunteer_seconds=tally.seconds,
-        unknown=dict(tally.unknown),
+        classifications=work.classifications + monitoring.classifications,
+        timed=work.timed + monitoring.timed,
+        volunteer_seconds=work.seconds + monitoring.seconds,
+        unknown=dict(work.unknown + monitoring.unknown),
         correction_dice=tuple(tally.correction_dice),
         monitored_slices=len(tally.monitoring_dice),
         monitoring_dice=tuple(tally.monitoring_dice.values()),
+        monitoring_classifications=monitoring.classifications,
+        monitoring_timed=monitoring.timed,
+        monitoring_seconds=monitoring.seconds,
     )
 
 
@@ -304,6 +361,7 @@ EFFORT_COLUMNS = (
     "median_correction_dice",
     "monitored_slices",
     "median_monitoring_dice",
+    "monitoring_classifications",
 )
 
 
@@ -335,6 +393,7 @@ def table_row(effort: RoundEffort, tracing: RoundEffort | None) -> tuple[Any, ..
         _places(effort.median_correction_dice, 3),
         effort.monitored_slices,
         _places(effort.median_monitoring_dice, 3),
+        effort.monitoring_classifications,
     )
 
 

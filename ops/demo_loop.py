@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from etchacell_loop.config import TrainingSettings, load_settings
+from etchacell_loop.config import CorrectionSettings, TrainingSettings, load_settings
 from etchacell_loop.db.engine import make_engine
 from etchacell_loop.db.models import (
     Classification,
@@ -51,6 +51,7 @@ from etchacell_loop.db.models import (
 )
 from etchacell_loop.db.queries import get_query, run_query
 from etchacell_loop.loop.machine_marks import is_machine_mark_id
+from etchacell_loop.loop.monitoring import GuardState, MonitoringAgreement, guard_states, monitoring_agreement
 from etchacell_loop.loop.runs import active_run, queue_training_run
 from etchacell_loop.model import registry
 
@@ -241,13 +242,14 @@ def watch(
 # --- the report -----------------------------------------------------------------------------------------
 
 
-def report(engine: Engine, seconds: float) -> None:
+def report(engine: Engine, seconds: float, correction: CorrectionSettings) -> None:
+    effort = run_query(engine, get_query("volunteer_effort")).as_dicts()
     with Session(engine) as session:
         print_crowd(session)
         versions = list(session.exec(select(ModelVersion).order_by(col(ModelVersion.id))).all())
         print_models(session, versions)
-        print_corrections(session, versions)
-    print_effort(engine)
+        print_corrections(session, versions, effort, correction)
+    print_effort(effort)
     print(f"\nloop wall time: {seconds / 60:.1f} min")
 
 
@@ -304,8 +306,14 @@ def _table1(metrics: dict[tuple[str, str, str], float], split: str, reference: s
     )
 
 
-def print_corrections(session: Session, versions: list[ModelVersion]) -> None:
+def print_corrections(
+    session: Session, versions: list[ModelVersion], effort: list[dict[str, Any]], correction: CorrectionSettings
+) -> None:
+    """Per version: its correction quality beside the volunteer time its round saved, and what the
+    monitoring guard made of it."""
     print("\ncorrections (the model's predictions sent back to volunteers)")
+    saved = {row["model_version"]: row["saved_vs_tracing"] for row in effort if row["task"] == "correction"}
+    agreement, states = monitoring_agreement(session), guard_states(session)
     for version in versions:
         rows = session.exec(
             select(SlicePrediction)
@@ -321,18 +329,34 @@ def print_corrections(session: Session, versions: list[ModelVersion]) -> None:
             f"  {version.version}: {len(rows)} slices sent ({_counts(r.selection.value for r in rows)}), "
             f"{len(dice)} corrected and folded back, median Dice prediction vs corrected consensus "
             f"{_fig(statistics.median(dice) if dice else None)}; "
-            f"volunteers kept {kept} of {marks} machine marks as drawn"
+            f"volunteers kept {kept} of {marks} machine marks as drawn; "
+            f"volunteer time saved against tracing {_share(saved.get(version.version))} per settled slice\n"
+            f"    monitoring: {sum(1 for r in rows if r.monitoring_subject_id is not None)} slices also traced "
+            f"from scratch; {guard_line(agreement.get(version.id or 0), states.get(version.id or 0), correction)}"
         )
 
 
-def print_effort(engine: Engine) -> None:
+def guard_line(agreement: MonitoringAgreement | None, state: GuardState | None, correction: CorrectionSettings) -> str:
+    """The monitoring guard on one version, in words: what it measured, and whether it judged."""
+    slices = agreement.slices if agreement is not None else 0
+    median = agreement.median if agreement is not None else None
+    measured = f"{slices} measured, median Dice corrected vs traced consensus {_fig(median)}"
+    if state is not None and state is not GuardState.USED:
+        return f"{measured}; corrections {state.value}"
+    if slices < correction.min_monitoring_slices:
+        return f"{measured}; not judged yet (the guard needs {correction.min_monitoring_slices})"
+    verdict = "below" if median is not None and median < correction.min_monitoring_dice else "at or above"
+    return f"{measured}; judged: {verdict} {correction.min_monitoring_dice:g}, corrections used"
+
+
+def print_effort(rounds: list[dict[str, Any]]) -> None:
     """Volunteer time per settled slice in each round and what correcting saved against tracing, beside
     the quality reached: the named query ``volunteer_effort``, as ``etchacell status`` shows it."""
     print(
         "\nvolunteer effort per settled slice (each classification's finished_at - started_at, as Zooniverse "
-        "records it; untimed ones counted at their round's mean)"
+        "records it; untimed ones counted at their task's mean in the round; a round's monitoring slices traced "
+        "from scratch are charged to it)"
     )
-    rounds = run_query(engine, get_query("volunteer_effort")).as_dicts()
     if not rounds:
         print("  no settled slices yet")
     for row in rounds:
@@ -343,19 +367,24 @@ def effort_line(row: dict[str, Any]) -> str:
     """One round: its effort, the time it saved against tracing, and its quality."""
     what = "tracing from scratch" if row["task"] == "tracing" else f"correcting {row['model_version'] or '?'}"
     untimed = f", {row['untimed']} untimed ({row['untimed_why']})" if row["untimed"] else ""
+    monitoring = row.get("monitoring_classifications") or 0
+    traced = f" (monitoring slices traced from scratch included: {monitoring} classifications)" if monitoring else ""
     line = (
         f"round {row['round'] if row['round'] is not None else '?'}, {what}: {row['settled_slices']} settled slices, "
         f"{_fig(row['classifications_per_slice'])} classifications and {_seconds(row['seconds_per_slice'])} "
-        f"volunteer-seconds per slice{untimed}"
+        f"volunteer-seconds per slice{traced}{untimed}"
     )
     if row["task"] == "tracing":
         return line
-    saved = "n/a" if row["saved_vs_tracing"] is None else f"{100 * row['saved_vs_tracing']:.0f}%"
     return (
-        f"{line}; volunteer time saved against tracing {saved}; median correction Dice "
+        f"{line}; volunteer time saved against tracing {_share(row['saved_vs_tracing'])}; median correction Dice "
         f"{_fig(row['median_correction_dice'])}; corrected vs traced consensus (monitoring) Dice "
         f"{_fig(row['median_monitoring_dice'])} on {row['monitored_slices']} slices"
     )
+
+
+def _share(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.0f}%"
 
 
 def _seconds(value: Any) -> str:
@@ -429,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(processes)
     seconds = time.monotonic() - started
-    report(engine, seconds)
+    report(engine, seconds, settings.correction)
     engine.dispose()
     if unfinished is not None:
         print(f"\ndemo: the loop did not complete: {unfinished}", file=sys.stderr)

@@ -148,6 +148,28 @@ def test_correction_rounds_in_order_with_their_saving_and_quality() -> None:
     assert (second.monitored_slices, second.median_monitoring_dice) == (1, 0.75)
 
 
+def test_monitoring_tracings_are_charged_to_the_round_they_monitor_at_their_own_pace() -> None:
+    monitored = {"loop_round": 1, "model_version": "v1"}
+    tracings = [row("monitoring", "raw", 2, 20, raw_metadata=seconds(50), **monitored) for _ in range(2)]
+    tracings.append(row("monitoring", "raw", 2, 20, raw_metadata=None, **monitored))
+    tracing, first = effort_by_round(tracing_rows() + correction_rows(1, "v1", [0.5, 0.7, 0.8]) + tracings)
+    assert (tracing.settled_slices, tracing.classifications, tracing.monitoring_classifications) == (2, 6, 0)
+    assert (first.round, first.task, first.settled_slices) == (1, Task.CORRECTION, 3)  # slice 20 not counted again
+    assert (first.classifications, first.timed, first.monitoring_classifications, first.monitoring_timed) == (
+        9,
+        8,
+        3,
+        2,
+    )
+    assert first.volunteer_seconds == pytest.approx(6 * 15 + 2 * 50)
+    assert first.unknown == {Unknown.MISSING: 1}
+    # six corrections of 15 s, and three tracings valued at their own mean of 50 s (not the round's 23.75 s)
+    assert first.seconds_per_slice == pytest.approx((6 * 15 + 3 * 50) / 3)
+    assert first.saved_against(tracing) == pytest.approx(1 - 80 / 180)
+    columns, table = effort_table(tracing_rows() + correction_rows(1, "v1", [0.5, 0.7, 0.8]) + tracings)
+    assert [dict(zip(columns, r, strict=True))["monitoring_classifications"] for r in table] == [0, 3]
+
+
 def test_a_slice_with_two_subjects_counts_once_and_a_round_without_a_version_comes_last() -> None:
     rows = [
         row("slice", "prediction", 3, 5, loop_round=1, model_version="v1"),
@@ -199,6 +221,7 @@ def test_the_table_has_one_printable_row_per_round() -> None:
         "median_correction_dice": None,
         "monitored_slices": 0,
         "median_monitoring_dice": None,
+        "monitoring_classifications": 0,
     }
     assert (first["task"], first["saved_vs_tracing"], first["median_correction_dice"]) == ("correction", 0.833, 0.7)
     assert (first["monitored_slices"], first["median_monitoring_dice"]) == (1, 0.75)

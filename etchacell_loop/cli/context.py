@@ -131,15 +131,12 @@ def require_schema(engine: Engine) -> None:
 
 
 def missing_panoptes_credentials(settings: PanoptesSettings) -> str | None:
-    """What is missing to sign in to Panoptes, as a setting and its variable (None: nothing)."""
-    if not settings.client_id:
-        return "no client id: set ETCHACELL_PANOPTES__CLIENT_ID (or panoptes.client_id in etchacell.toml)"
-    if settings.client_secret is None:
-        return (
-            f"no client secret for client id {settings.client_id}: set ETCHACELL_PANOPTES__CLIENT_SECRET "
-            "(or panoptes.client_secret_file in etchacell.toml)"
-        )
-    return None
+    """What is missing to sign in to Panoptes, as a setting and its variable (None: nothing): the
+    gateway's own check (:func:`etchacell_loop.panoptes.gateway.missing_credentials`), so the CLI and
+    the library say it alike. Only commands about to connect ask, so the import costs nothing extra."""
+    from etchacell_loop.panoptes.gateway import missing_credentials
+
+    return missing_credentials(settings)
 
 
 def require_panoptes_credentials(settings: PanoptesSettings) -> None:

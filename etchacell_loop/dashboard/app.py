@@ -327,6 +327,7 @@ def _templates() -> Environment:
     env.filters["when"] = _when
     env.filters["pct"] = lambda value: "—" if value is None else f"{100 * float(value):.0f}%"
     env.filters["fixed"] = lambda value, digits=3: "—" if value is None else f"{float(value):.{digits}f}"
+    env.filters["short_key"] = pages.short_key
     env.globals["humanize_seconds"] = pages.humanize_seconds
     return env
 

@@ -70,7 +70,7 @@ def bar_chart(
         )
     parts.extend(_x_labels(labels, step, frame))
     if line:
-        parts.append(_line(line, step, frame, line_label))
+        parts.append(_line(line, labels, step, frame, line_label))
     if marker_at is not None and 0 <= marker_at <= len(values):
         x = frame.left + marker_at * step
         parts.append(
@@ -170,12 +170,20 @@ def _x_labels(labels: Sequence[str], step: float, frame: Frame) -> list[str]:
     ]
 
 
-def _line(values: Sequence[float], step: float, frame: Frame, label: str) -> str:
+def _line(values: Sequence[float], labels: Sequence[str], step: float, frame: Frame, label: str) -> str:
+    """The line on its own scale, with a dot at each value: a polyline through a single point draws
+    nothing, so without the dots one day of data (a new project, the demo) shows no line at all."""
     top = nice_ceiling(max(values))
-    points = " ".join(f"{frame.left + i * step + step / 2:.1f},{frame.y(v, top):.1f}" for i, v in enumerate(values))
+    xy = [(frame.left + i * step + step / 2, frame.y(v, top)) for i, v in enumerate(values)]
+    points = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+    dots = "".join(
+        f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{PALETTE[1]}" stroke="#fff" stroke-width="1.5">'
+        f"<title>{escape(name)} {escape(label)}: {_number(value)}</title></circle>"
+        for (x, y), name, value in zip(xy, labels, values, strict=True)
+    )
     return (
         f'<polyline class="line" points="{points}" fill="none" stroke="{PALETTE[1]}" stroke-width="2">'
-        f"<title>{escape(label)}</title></polyline>"
+        f"<title>{escape(label)}</title></polyline>{dots}"
         f'<text x="{frame.width - frame.right}" y="{frame.top + 10}" text-anchor="end" font-size="11" '
         f'fill="{PALETTE[1]}">{escape(label)} (max {_number(max(values))})</text>'
     )

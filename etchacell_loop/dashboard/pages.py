@@ -13,7 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,11 @@ def parse_time(value: object) -> datetime | None:
 
 @dataclass(frozen=True)
 class JobHealth:
-    """One daemon job: how often it should run, when it last did, and whether it is late."""
+    """One daemon job: how often it should run, when it last did, and whether it is late.
+
+    ``daemon_stopped``: the daemon has run no job lately (:func:`daemon_silent`). A job with a long
+    interval is not late yet when the daemon stops, so without it the row would say "on time" for a
+    job that will not run again until someone starts the daemon."""
 
     job: str
     interval_s: int
@@ -104,11 +108,14 @@ class JobHealth:
     runs: int
     failures: int
     late: bool
+    daemon_stopped: bool = False
 
     @property
     def state(self) -> str:
         if self.last_started_at is None:
             return "never run"
+        if self.daemon_stopped:
+            return "daemon stopped"
         if self.late:
             return "late"
         return "failing" if self.last_status == "failed" else "on time"
@@ -134,9 +141,8 @@ def overview(book: QueryBook, settings: Settings, now: datetime) -> Overview:
     throughput = book.rows("classification_throughput", since="-30d")
     gini = book.rows("volunteer_effort_gini", since="-30d")[0]
     jobs = job_health(book.rows("job_status", since="-1d"), settings, now)
-    heartbeat = max((j.last_started_at for j in jobs if j.last_started_at), default=None)
-    quickest = min(settings.jobs.intervals().values())
-    silent = heartbeat is None or (now - heartbeat).total_seconds() > quickest * settings.jobs.late_factor
+    heartbeat = daemon_heartbeat(jobs)
+    silent = daemon_silent(jobs, settings, now)
     today = throughput[-1] if throughput and throughput[-1]["day"] == now.date().isoformat() else None
     warnings = [f"job {j.job} is late: last run {_ago(j.last_started_at, now)}" for j in jobs if j.late]
     if silent:
@@ -167,9 +173,22 @@ def overview(book: QueryBook, settings: Settings, now: datetime) -> Overview:
     )
 
 
+def daemon_heartbeat(jobs: Sequence[JobHealth]) -> datetime | None:
+    """The daemon's last sign of life: the newest start of any job."""
+    return max((j.last_started_at for j in jobs if j.last_started_at), default=None)
+
+
+def daemon_silent(jobs: Sequence[JobHealth], settings: Settings, now: datetime) -> bool:
+    """No job started for ``jobs.late_factor`` periods of the quickest job (or none ever): the daemon
+    is stopped, or stuck."""
+    heartbeat = daemon_heartbeat(jobs)
+    quickest = min(settings.jobs.intervals().values())
+    return heartbeat is None or (now - heartbeat).total_seconds() > quickest * settings.jobs.late_factor
+
+
 def job_health(rows: Sequence[Row], settings: Settings, now: datetime) -> list[JobHealth]:
     """Every job the daemon runs (and any other found in the log), late when its last start is more
-    than ``jobs.late_factor`` intervals ago."""
+    than ``jobs.late_factor`` intervals ago; each marked ``daemon_stopped`` while the daemon is silent."""
     by_job = {str(r["job"]): r for r in rows}
     intervals = settings.jobs.intervals()
     health = []
@@ -193,6 +212,8 @@ def job_health(rows: Sequence[Row], settings: Settings, now: datetime) -> list[J
                 late,
             )
         )
+    if daemon_silent(health, settings, now):
+        return [replace(h, daemon_stopped=True) for h in health]
     return health
 
 
@@ -413,6 +434,23 @@ def run_view(book: QueryBook, run_id: int) -> RunView | None:
 
 
 # --- helpers -----------------------------------------------------------------------------------------
+
+KEY_SHOWN = 8
+"""Characters of a long volunteer key's identifier shown in a table (after its kind, ``anon:``)."""
+KEY_WHOLE = 16
+"""Identifiers up to this long are shown whole."""
+
+
+def short_key(key: object) -> str:
+    """A volunteer key short enough for a table column: ``user:42`` and
+    ``anon:classification-<id>`` whole, an anonymous session (up to 64 characters, often a hash) as
+    its kind and first characters, ``anon:3f2a9c1d…``. Why: a full session pushes the figures beside it
+    off the page; the page keeps the whole key in a title, for copying."""
+    text = "" if key is None else str(key)
+    kind, colon, identifier = text.partition(":") if ":" in text else ("", "", text)
+    if len(identifier) <= KEY_WHOLE or identifier.startswith("classification-"):
+        return text
+    return f"{kind}{colon}{identifier[:KEY_SHOWN]}…"
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:

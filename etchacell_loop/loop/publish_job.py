@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import sqlalchemy as sa
@@ -314,21 +314,46 @@ def upload_corrections(session_factory: SessionFactory, gateway: PanoptesGateway
     rounds = _pending_rounds(session_factory)
     if not rounds:
         return 0
-    workflow = _correction_workflow(session_factory, settings)
+    workflow = _workflow(session_factory, settings.panoptes.correction_workflow_id)
     if workflow is None:
         _event(session_factory, "publish.upload_skipped", "no correction workflow is registered "
                "(set panoptes.correction_workflow_id and run ingest)", EventLevel.WARNING)  # fmt: skip
         return 0
     caesar = settings.correction.mode == "caesar" and workflow.caesar_data_fetching
     outline = OUTLINE_MARKS if caesar else OUTLINE_OVERLAY
+    return _upload_each(
+        session_factory,
+        rounds,
+        lambda work: _upload_round(session_factory, gateway, settings.data_dir, workflow, work, outline),
+    )
+
+
+class _VersionWork(Protocol):
+    """A version's subjects still to upload: a correction round or its monitoring slices."""
+
+    @property
+    def version(self) -> ModelVersion: ...
+
+
+_Work = TypeVar("_Work", bound=_VersionWork)
+
+
+def _upload_each(
+    session_factory: SessionFactory, rounds: Sequence[_Work], upload: Callable[[_Work], int], what: str = ""
+) -> int:
+    """``upload`` each version's work in turn, the subjects linked in all. A Panoptes failure is
+    logged and recorded as a ``publish.upload_failed`` warning against its version (``what`` names
+    the upload in both: empty for corrections, ``monitoring``), and the other versions still go: the
+    failed one's rows are committed, so the next run resumes it without duplicates."""
     linked = 0
     for work in rounds:
         try:
-            linked += _upload_round(session_factory, gateway, settings.data_dir, workflow, work, outline)
+            linked += upload(work)
         except PanoptesError as exc:
-            log.warning("publish: upload for model %s failed: %s", work.version.version, exc)
-            _event(session_factory, "publish.upload_failed", f"model {work.version.version}: {exc}",
-                   EventLevel.WARNING, work.version.id)  # fmt: skip
+            version = work.version
+            log.warning("publish: %supload for model %s failed: %s", f"{what} " if what else "", version.version, exc)
+            message = f"{what} of model {version.version}: {exc}" if what else f"model {version.version}: {exc}"
+            _event(session_factory, "publish.upload_failed", message, EventLevel.WARNING, version.id)
     return linked
 
 
@@ -358,8 +383,8 @@ def _pending_rounds(session_factory: SessionFactory) -> list[_Round]:
         return rounds
 
 
-def _correction_workflow(session_factory: SessionFactory, settings: Settings) -> Workflow | None:
-    workflow_id = settings.panoptes.correction_workflow_id
+def _workflow(session_factory: SessionFactory, workflow_id: int | None) -> Workflow | None:
+    """The registered workflow of a configured Panoptes id (None: not configured, or not registered)."""
     if workflow_id is None:
         return None
     with session_factory() as session:
@@ -533,21 +558,18 @@ def upload_monitoring(session_factory: SessionFactory, gateway: PanoptesGateway,
     rounds = _pending_monitoring(session_factory)
     if not rounds:
         return 0
-    workflow = _tracing_workflow(session_factory, settings)
+    workflow = _workflow(session_factory, settings.panoptes.segmentation_workflow_id)
     if workflow is None:
         _event(session_factory, "publish.monitoring_skipped", "monitoring slices not sent for tracing: no tracing "
                "workflow is registered (set panoptes.segmentation_workflow_id and run ingest)",
                EventLevel.WARNING)  # fmt: skip
         return 0
-    linked = 0
-    for work in rounds:
-        try:
-            linked += _upload_monitoring_round(session_factory, gateway, settings.data_dir, workflow, work)
-        except PanoptesError as exc:
-            log.warning("publish: monitoring upload for model %s failed: %s", work.version.version, exc)
-            _event(session_factory, "publish.upload_failed", f"monitoring of model {work.version.version}: {exc}",
-                   EventLevel.WARNING, work.version.id)  # fmt: skip
-    return linked
+    return _upload_each(
+        session_factory,
+        rounds,
+        lambda work: _upload_monitoring_round(session_factory, gateway, settings.data_dir, workflow, work),
+        "monitoring",
+    )
 
 
 def _pending_monitoring(session_factory: SessionFactory) -> list[_Monitoring]:
@@ -568,14 +590,6 @@ def _pending_monitoring(session_factory: SessionFactory) -> list[_Monitoring]:
                 versions[version.id or 0] = version
                 pending[version.id or 0].append(row)
         return [_Monitoring(versions[vid], tuple(rows)) for vid, rows in pending.items()]
-
-
-def _tracing_workflow(session_factory: SessionFactory, settings: Settings) -> Workflow | None:
-    workflow_id = settings.panoptes.segmentation_workflow_id
-    if workflow_id is None:
-        return None
-    with session_factory() as session:
-        return session.exec(select(Workflow).where(Workflow.panoptes_id == workflow_id)).first()
 
 
 def _upload_monitoring_round(

@@ -3,6 +3,7 @@
 
 from etchacell_loop.panoptes.errors import (
     PanoptesAuthError,
+    PanoptesCredentialsMissing,
     PanoptesError,
     PanoptesMediaError,
     PanoptesRequestError,
@@ -15,6 +16,7 @@ __all__ = [
     "CreatedSubject",
     "MediaReport",
     "PanoptesAuthError",
+    "PanoptesCredentialsMissing",
     "PanoptesError",
     "PanoptesGateway",
     "PanoptesMediaError",

@@ -26,6 +26,15 @@ class PanoptesAuthError(PanoptesError):
         self.client_id = client_id
 
 
+class PanoptesCredentialsMissing(PanoptesAuthError):
+    """A client credential is not configured, so nothing was sent: the message names the setting and
+    its variable, not a refusal Panoptes never made. An auth error still (a person must fix it)."""
+
+    def __init__(self, client_id: str | None, missing: str) -> None:
+        PanoptesError.__init__(self, f"cannot sign in to Panoptes: {one_line(missing)}")
+        self.client_id = client_id
+
+
 class PanoptesUnavailable(PanoptesError):
     """Panoptes kept failing (5xx, 429, timeouts, connection errors) after every allowed attempt.
 

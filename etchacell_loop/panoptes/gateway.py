@@ -32,6 +32,7 @@ from panoptes_client.panoptes import PanoptesAPIException
 from etchacell_loop.config import PanoptesSettings
 from etchacell_loop.panoptes.errors import (
     PanoptesAuthError,
+    PanoptesCredentialsMissing,
     PanoptesError,
     PanoptesMediaError,
     PanoptesRequestError,
@@ -81,14 +82,12 @@ def connect(
     sleep: Sleep = time.sleep,
     rng: random.Random | None = None,
 ) -> PanoptesGateway:
-    """Sign in with client credentials and fetch the first token now, so bad credentials fail at once."""
-    if not settings.client_id:
-        raise PanoptesAuthError(None, "panoptes.client_id is not set")
-    if settings.client_secret is None:
-        raise PanoptesAuthError(
-            settings.client_id,
-            "no client secret: set ETCHACELL_PANOPTES__CLIENT_SECRET or panoptes.client_secret_file",
-        )
+    """Sign in with client credentials and fetch the first token now, so bad credentials fail at once;
+    a credential not configured fails before anything is sent, naming its setting."""
+    missing = missing_credentials(settings)
+    if missing is not None:
+        raise PanoptesCredentialsMissing(settings.client_id, missing)
+    assert settings.client_secret is not None  # missing_credentials says so otherwise
     adapter = RetryingAdapter(policy or RetryPolicy.from_settings(settings), sleep=sleep, rng=rng)
     client = Panoptes.connect(
         endpoint=settings.endpoint,
@@ -106,6 +105,19 @@ def connect(
         gateway.close()
         raise
     return gateway
+
+
+def missing_credentials(settings: PanoptesSettings) -> str | None:
+    """What is missing to sign in, as its setting and environment variable (None: nothing). The one
+    wording for the library and the CLI, which checks before it connects."""
+    if not settings.client_id:
+        return "no client id: set ETCHACELL_PANOPTES__CLIENT_ID (or panoptes.client_id in etchacell.toml)"
+    if settings.client_secret is None:
+        return (
+            f"no client secret for client id {settings.client_id}: set ETCHACELL_PANOPTES__CLIENT_SECRET "
+            "(or panoptes.client_secret_file in etchacell.toml)"
+        )
+    return None
 
 
 @dataclass(frozen=True)

@@ -36,4 +36,4 @@ def test_status_shows_effort_per_round() -> None:
     result = runner.invoke(app, ["status"])
     assert result.exit_code == 0, result.output
     effort = result.output.split("Volunteer effort per round", 1)[1]
-    assert "v0003-5eed0003" in effort and "0.65" in effort and "missing 1" in effort
+    assert "v0003-5eed0003" in effort and "0.4 " in effort and "missing 1, too long 1" in effort

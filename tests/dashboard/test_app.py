@@ -6,14 +6,25 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from etchacell_loop.db.models import Event, ModelVersion, RunStatus, TrainingRun, TrainingTrigger
+from etchacell_loop.db.models import (
+    Event,
+    JobRun,
+    JobStatus,
+    ModelVersion,
+    RunStatus,
+    TrainingRun,
+    TrainingTrigger,
+    VolunteerAgreement,
+)
+from etchacell_loop.db.types import utcnow
 from etchacell_loop.simulation.ops_history import UNSAFE_NAMES
 from tests.dashboard.support import TOKEN, count_rows, dashboard_settings, populate, serving
 
@@ -102,12 +113,43 @@ def test_overview_shows_figures_and_late_jobs(reader: httpx.Client, populated: E
     assert f'Training run <a href="/runs/{count_rows(populated, "training_run")}">' in text
 
 
+def test_overview_jobs_say_the_daemon_stopped(migrated_engine: Engine, data_dir: Path) -> None:
+    long_ago = utcnow() - timedelta(minutes=20)  # past 3 periods of ingest (5 min), within 3 of train (15 min)
+    with Session(migrated_engine) as session:
+        for job in ("ingest", "aggregate", "retire", "train", "publish"):
+            session.add(JobRun(job=job, status=JobStatus.OK, started_at=long_ago, finished_at=long_ago))
+        session.commit()
+    with client_for(migrated_engine, data_dir, public_read=True) as client:
+        text = client.get("/").text
+    jobs = text.split("<h2>Daemon jobs</h2>", 1)[1].split("</table>", 1)[0]
+    assert "the daemon has not run any job lately" in text
+    assert jobs.count("<strong>daemon stopped</strong>") == 5 and "on time" not in jobs
+    assert jobs.count('<tr class="bad">') == 5
+
+
 def test_subject_sets_compare_with_the_fixed_limit(reader: httpx.Client) -> None:
     text = reader.get("/subject-sets").text
     assert "against a fixed limit of 30" in text
     mean = re.search(r"<strong>([\d.]+)</strong> classifications each on average", text)
     assert mean and 0 < float(mean.group(1)) < 60
     assert 'class="marker"' in text
+    # the last column holds a total per set: its label says so
+    assert "classifications saved in all (against 30 per subject)</th>" in text
+    assert "saved against 30 each" not in text
+
+
+def test_a_long_anonymous_key_is_shortened_on_the_slice_page(reader: httpx.Client, populated: Engine) -> None:
+    key = "anon:" + "3f2a9c1d" + "e" * 56  # an anonymous session's 64-character hash
+    with Session(populated) as session:
+        agreement = session.exec(select(VolunteerAgreement).order_by(col(VolunteerAgreement.id))).first()
+        assert agreement is not None
+        agreement.volunteer_key = key
+        session.add(agreement)
+        session.commit()
+        consensus_id = agreement.consensus_result_id
+    page = reader.get(f"/consensus/{consensus_id}").text
+    assert f'title="{key}">anon:3f2a9c1d…</span>' in page
+    assert f">{key}<" not in page
 
 
 def test_consensus_slice_and_its_overlay(reader: httpx.Client, populated: Engine) -> None:

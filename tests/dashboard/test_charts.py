@@ -34,6 +34,13 @@ def test_a_marker_and_a_line_can_be_added() -> None:
     assert 'class="marker"' in svg and 'class="line"' in svg
 
 
+def test_a_line_of_one_day_is_still_drawn() -> None:
+    """A polyline through one point draws nothing: each value gets its own dot, with its figure."""
+    svg = str(bar_chart(["12-05"], [47.0], label="l", line=[12.0], line_label="volunteers"))
+    assert len(re.findall(r'<circle class="point"', svg)) == 1
+    assert "<title>12-05 volunteers: 12</title>" in svg
+
+
 def test_no_data_says_so() -> None:
     assert "no data yet" in str(bar_chart([], [], label="empty"))
     assert "no data yet" in str(grouped_bars(["v1"], {"F": [None]}, label="empty"))

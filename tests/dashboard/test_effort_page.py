@@ -33,7 +33,7 @@ def test_the_models_page_charts_and_lists_effort_per_round(migrated_engine: Engi
     tooltips = re.findall(r'class="bar"[^>]*><title>([^<]*)</title>', section)
     assert tooltips == [
         "0 tracing volunteer-seconds per settled slice: 80",
-        "1 v0001 volunteer-seconds per settled slice: 28",
+        "1 v0001 volunteer-seconds per settled slice: 48",
         "2 v0003 volunteer-seconds per settled slice: 24",
     ]
     rows = re.findall(r"<tr>\s*(.*?)</tr>", section.split("<tbody>")[1], re.S)
@@ -43,10 +43,12 @@ def test_the_models_page_charts_and_lists_effort_per_round(migrated_engine: Engi
         ["1", "correction", "v0001-5eed0001"],
         ["2", "correction", "v0003-5eed0003"],
     ]
-    assert [c[9] for c in cells] == ["—", "65%", "70%"]  # time saved against tracing
+    assert [c[4] for c in cells] == ["6", "6", "3"]  # classifications, round 1's monitoring tracings included
+    assert 'title="of which 2 traced monitoring slices from scratch"' in section
+    assert [c[9] for c in cells] == ["—", "40%", "70%"]  # time saved against tracing, net of monitoring
     assert [c[10] for c in cells] == ["—", "0.700", "0.900"]  # median correction Dice
     assert 'title="missing 1, negative 1, unparsable 1"' in section
-    assert "Round 1 (v0001-5eed0001): <strong>65%</strong> less volunteer time per settled slice" in section
+    assert "Round 1 (v0001-5eed0001): <strong>40%</strong> less volunteer time per settled slice" in section
 
 
 def test_no_settled_slice_no_effort(migrated_engine: Engine, tmp_path: Path) -> None:

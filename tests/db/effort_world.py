@@ -1,7 +1,8 @@
 """A small loop history for the volunteer-effort figures: traced and corrected subjects, settled or not,
 of two published model versions (and one never published), classifications with good, missing and bad
 ``started_at`` / ``finished_at``, correction Dice, and monitoring slices (traced as well as corrected) with
-the Dice between their two consensus.
+the Dice between their two consensus; the monitoring subjects' tracings are charged to the round they
+monitor, not to round 0.
 
 The expected figures below are worked out by hand from these rows, not by the code under test.
 """
@@ -73,23 +74,27 @@ EXPECTED: dict[int, dict[str, Any]] = {
         "median_correction_dice": None,
         "monitored_slices": 0,
         "median_monitoring_dice": None,
+        "monitoring_classifications": 0,  # the settled monitoring subjects are not tracing's
     },
-    1: {  # v0001: 2 settled slices; 10 + 20 + 12 s known, one too long: 14 s each, 2 per slice
+    # v0001: 2 settled slices. Corrections: 10 + 20 + 12 s known, one too long: 4 at 14 s = 56 s. Slice 10's
+    # monitoring tracing: 20 s known, one missing: 2 at 20 s = 40 s (not at the round's mean, 15.5 s).
+    1: {
         "round": 1,
         "task": "correction",
         "model_version": "v0001-5eed0001",
         "settled_slices": 2,
-        "classifications": 4,
-        "classifications_per_slice": 2.0,
-        "volunteer_seconds": 42.0,
-        "seconds_per_slice": 28.0,
-        "seconds_per_classification": 14.0,
-        "untimed": 1,
-        "untimed_why": "too long 1",
-        "saved_vs_tracing": 0.65,  # 1 - 28 / 80
+        "classifications": 6,
+        "classifications_per_slice": 3.0,
+        "volunteer_seconds": 62.0,
+        "seconds_per_slice": 48.0,  # (56 + 40) / 2
+        "seconds_per_classification": 15.5,
+        "untimed": 2,
+        "untimed_why": "missing 1, too long 1",
+        "saved_vs_tracing": 0.4,  # 1 - 48 / 80
         "median_correction_dice": 0.7,  # 0.6 and 0.8; the unsettled slice's 0.1 is not counted
         "monitored_slices": 1,
         "median_monitoring_dice": 0.75,  # the unsettled slice's 0.2 is not counted
+        "monitoring_classifications": 2,
     },
     2: {  # v0003 (v0002 sent nothing: no round): 1 slice, 3 x 8 s (one not yet linked by id)
         "round": 2,
@@ -107,6 +112,7 @@ EXPECTED: dict[int, dict[str, Any]] = {
         "median_correction_dice": 0.9,
         "monitored_slices": 1,
         "median_monitoring_dice": 0.95,
+        "monitoring_classifications": 0,  # its monitoring subject has not settled
     },
 }
 
@@ -171,7 +177,15 @@ class _Writer:
         self.session.flush()
         return version
 
-    def predicted(self, version: ModelVersion, subject: Subject, dice: float, monitoring: float | None) -> None:
+    def predicted(
+        self,
+        version: ModelVersion,
+        subject: Subject,
+        dice: float,
+        monitoring: float | None,
+        traced: Subject | None = None,
+    ) -> None:
+        """The slice's prediction, sent as ``subject``; ``traced``: its monitoring subject (traced from scratch)."""
         batch = PredictionBatch(model_version_id=row_id(version), roi_id=row_id(self.roi), status=RunStatus.SUCCEEDED)
         self.session.add(batch)
         self.session.flush()
@@ -185,6 +199,7 @@ class _Writer:
                 subject_id=subject.id,
                 correction_dice=dice,
                 monitoring_dice=monitoring,
+                monitoring_subject_id=None if traced is None else traced.id,
             )
         )
         self.session.flush()
@@ -204,17 +219,25 @@ def build_effort_world(engine: Engine) -> None:
             w.version("v0003-5eed0003"),
         )
         assert unpublished.id is not None
-        for z, state, seconds, dice, monitoring in (
-            (10, RETIRED, (took(10), took(20)), 0.6, 0.75),  # a monitoring slice, traced from scratch too
-            (11, RETIRED, (took(12), TOO_LONG), 0.8, None),
-            (12, ACTIVE, (took(5),), 0.1, 0.2),
+        for z, state, seconds, dice, monitoring, traced in (
+            # a monitoring slice, traced from scratch too: both settled, the tracing charged to round 1
+            (10, RETIRED, (took(10), took(20)), 0.6, 0.75, (RETIRED, took(20), MISSING)),
+            (11, RETIRED, (took(12), TOO_LONG), 0.8, None, None),
+            # corrections not settled: neither they nor the settled tracing of the slice count
+            (12, ACTIVE, (took(5),), 0.1, 0.2, (RETIRED, took(70))),
         ):
             subject = w.subject(z, state, first)
             w.classifications(subject, *seconds)
-            w.predicted(first, subject, dice, monitoring)
+            monitoring_subject = None
+            if traced is not None:
+                monitoring_subject = w.subject(z, traced[0])  # a raw subject, as the publish job uploads it
+                w.classifications(monitoring_subject, *traced[1:])
+            w.predicted(first, subject, dice, monitoring, monitoring_subject)
         later = w.subject(10, RETIRING, second)
         w.classifications(later, took(8), took(8))
         w.classifications(later, took(8), linked=False)  # matched by Panoptes subject id, as ingest stores it
-        w.predicted(second, later, 0.9, 0.95)
+        still_traced = w.subject(10, ACTIVE)  # its monitoring subject, still being traced: not counted yet
+        w.classifications(still_traced, took(30))
+        w.predicted(second, later, 0.9, 0.95, still_traced)
         session.add(w.classification(w.tracing, 123_456_789, None, took(99), 0))  # a subject we do not know
         session.commit()

@@ -28,8 +28,12 @@ def test_the_sql_selects_the_rows_the_python_step_reads(migrated_engine: Engine)
     plain = run_query(migrated_engine, replace(QUERY, compute=None))
     assert plain.columns == INPUT_COLUMNS
     kinds = [row["row_kind"] for row in plain.as_dicts()]
-    assert kinds.count("slice") == 3 + 2 + 1  # settled subjects only
+    assert kinds.count("slice") == 3 + 2 + 1  # settled subjects only, monitoring subjects not again
     assert kinds.count("classification") == 6 + 4 + 3
+    monitoring = [row for row in plain.as_dicts() if row["row_kind"] == "monitoring"]
+    assert [(r["loop_round"], r["model_version"], r["subject_kind"], r["slice_index"]) for r in monitoring] == [
+        (1, "v0001-5eed0001", "raw", 10)
+    ] * 2  # the settled monitoring tracing of a settled slice, charged to the version it monitors
 
 
 def test_a_query_names_a_known_python_step(tmp_path: Path) -> None:

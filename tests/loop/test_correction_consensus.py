@@ -35,7 +35,8 @@ from etchacell_loop.simulation.export import (
     random_browser,
 )
 from etchacell_loop.stored_files import resolve_uri
-from tests.loop.test_publish_job import World, expected_area, prediction_subjects, run_queued_batch, world
+from tests.loop.publish_world import World, run_queued_batch
+from tests.loop.test_publish_job import expected_area, prediction_subjects, world
 
 __all__ = ["world"]  # the fixture, shared with the publish job's tests
 

@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
 from etchacell_loop.cli.app import app
-from etchacell_loop.config import CorrectionSettings, ImagingSettings, Settings
+from etchacell_loop.config import CorrectionSettings, ImagingSettings
 from etchacell_loop.dashboard.pages import QueryBook, models
 from etchacell_loop.db.models import (
     ConsensusKind,
@@ -36,11 +36,8 @@ from etchacell_loop.db.models import (
     SubjectSet,
     UploadState,
     Volume,
-    WorkflowRole,
 )
-from etchacell_loop.imaging.manifest import read_manifest
 from etchacell_loop.imaging.prepare import prepare_subjects
-from etchacell_loop.imaging.records import ensure_manifest_rows, manifest_uploads
 from etchacell_loop.imaging.subjects import SubjectFormat
 from etchacell_loop.imaging.volume import open_volume
 from etchacell_loop.loop import publish_job
@@ -67,10 +64,9 @@ from etchacell_loop.simulation.correction import CorrectorMix
 from etchacell_loop.simulation.crowd import CrowdMix
 from etchacell_loop.simulation.volunteers import RunOptions, VolunteerCrowd, volumes_by_name
 from tests.dashboard.support import dashboard_settings, serving
-from tests.factories import add_project, add_subject_set, add_workflow, row_id
-from tests.loop.test_publish_job import World, run_queued_batch
+from tests.factories import row_id
+from tests.loop.publish_world import World, make_publish_world, run_queued_batch
 from tests.model.training_rows import add_consensus, settle
-from tests.panoptes.support import panoptes_settings
 from tests.simulation.truth_volumes import write_truth_volume
 
 VERSION = "v0001-monitor0"
@@ -83,7 +79,8 @@ runner = CliRunner()
 
 def make_world(engine: Engine, sandbox: SandboxProcess, project: dict[str, int], tmp_path: Path) -> World:
     """Raw subjects of a truth volume's ROI (prepared, rows only: not on Panoptes), the project with its
-    tracing and correction workflows, a promoted model version, and settings naming both workflows."""
+    tracing and correction workflows, a promoted model version, and settings naming both workflows
+    (:func:`tests.loop.publish_world.make_publish_world`)."""
     data_dir = tmp_path / "data"
     volume_path = tmp_path / "hela.zarr"
     write_truth_volume(volume_path)
@@ -92,41 +89,11 @@ def make_world(engine: Engine, sandbox: SandboxProcess, project: dict[str, int],
     )
     with open_volume(volume_path) as volume:
         prepare_subjects(volume, list(volume.rois), data_dir / "subjects", SubjectFormat.from_settings(imaging))
-    entries = read_manifest(data_dir / "subjects")
-    with Session(engine) as session:
-        project_row = add_project(session, panoptes_id=project["project_id"])
-        add_workflow(session, project_row, project["segmentation_workflow_id"], WorkflowRole.SEGMENTATION, "Trace")
-        correction = add_workflow(
-            session, project_row, project["correction_workflow_id"], WorkflowRole.CORRECTION, "Fix"
-        )
-        correction.caesar_data_fetching = True
-        raw_set = add_subject_set(session, project_row, None, "held back", None)
-        roi_ids = ensure_manifest_rows(session, entries, {"cell01": DataSplit.TRAIN})
-        for upload in manifest_uploads(entries, data_dir / "subjects", roi_ids):
-            session.add(
-                Subject(
-                    upload_key=upload.upload_key, roi_id=upload.roi_id, subject_set_id=row_id(raw_set),
-                    slice_index=upload.slice_index, frames=list(upload.frames), target_frame=upload.target_frame,
-                    local_dir=str(upload.files[0].path.parent), panoptes_metadata=upload.panoptes_metadata(),
-                    upload_state=UploadState.LINKED,
-                )
-            )  # fmt: skip
-        session.add(
-            ModelVersion(version=VERSION, artifact_uri="models/none.keras", preset="small", architecture="unet-2.5d",
-                         data_hash="0" * 64, promoted=True)
-        )  # fmt: skip
-        session.commit()
-        roi_id = next(iter(roi_ids.values()))
-    panoptes = panoptes_settings(sandbox).model_copy(
-        update={"caesar_endpoint": sandbox.url, "project_id": project["project_id"],
-                "segmentation_workflow_id": project["segmentation_workflow_id"],
-                "correction_workflow_id": project["correction_workflow_id"]}
+    correction = CorrectionSettings(budget_per_round=BUDGET, monitoring_fraction=MONITORING, min_component_voxels=0)
+    return make_publish_world(
+        engine, sandbox, project, data_dir, imaging=imaging, correction=correction, version=VERSION,
+        splits={"cell01": DataSplit.TRAIN}, raw_set="held back", tracing_workflow=True,
     )  # fmt: skip
-    settings = Settings(
-        data_dir=data_dir, panoptes=panoptes, imaging=imaging,
-        correction=CorrectionSettings(budget_per_round=BUDGET, monitoring_fraction=MONITORING, min_component_voxels=0),
-    )  # fmt: skip
-    return World(engine, settings, roi_id, project)
 
 
 @pytest.fixture

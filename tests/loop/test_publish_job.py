@@ -5,9 +5,6 @@ subjects and the correction's Dice."""
 
 from __future__ import annotations
 
-import functools
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,59 +14,46 @@ from PIL import Image
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from etchacell_loop.config import CorrectionSettings, ImagingSettings, Settings
+from etchacell_loop.config import CorrectionSettings, ImagingSettings
 from etchacell_loop.cria.raster import fill_even_odd
 from etchacell_loop.db.models import (
     ConsensusKind,
     ConsensusResult,
     Event,
-    ModelVersion,
     PredictionBatch,
     SelectionReason,
     SlicePrediction,
     Subject,
     SubjectKind,
+    SubjectSet,
     UploadState,
-    WorkflowRole,
 )
-from etchacell_loop.imaging.manifest import read_manifest
 from etchacell_loop.imaging.prepare import prepare_subjects
-from etchacell_loop.imaging.records import ensure_manifest_rows, manifest_uploads
 from etchacell_loop.imaging.subjects import SubjectFormat
 from etchacell_loop.imaging.volume import RoiBox, open_volume
-from etchacell_loop.loop import batches
+from etchacell_loop.loop import publish_job
 from etchacell_loop.loop.machine_marks import mark_loops
-from etchacell_loop.loop.prediction_job import batch_source, predict_batch, predicted_area, read_geometry
+from etchacell_loop.loop.prediction_job import predicted_area, read_geometry
 from etchacell_loop.loop.publish_job import choose_slices, run_publish, serving_ranks
-from etchacell_loop.loop.runs import Lease
-from etchacell_loop.loop.worker import PREDICTION_QUEUE, RunHeartbeat, SessionFactory
 from etchacell_loop.panoptes.caesar import connect_caesar
+from etchacell_loop.panoptes.errors import PanoptesUnavailable
 from etchacell_loop.panoptes.gateway import PanoptesGateway
+from etchacell_loop.panoptes.upload import SubjectUpload, UploadResult
+from etchacell_loop.panoptes.upload import upload_subjects as real_upload
 from etchacell_loop.sandbox.harness import SandboxProcess, free_port
-from tests.factories import add_project, add_subject_set, add_workflow, row_id
-from tests.loop.test_prediction_job import ROI_XYZ_WHD, brightness_fn, shell_volume, stand_in_preset
-from tests.panoptes.support import panoptes_settings
+from tests.loop.publish_world import World, make_publish_world, run_queued_batch
+from tests.loop.test_prediction_job import ROI_XYZ_WHD, shell_volume
 
 VERSION = "v0001-publish0"
 BUDGET, MONITORING = 3, 0.34  # three most uncertain slices and one monitoring slice of the ROI's seven
-
-
-@dataclass
-class World:
-    engine: Engine
-    settings: Settings
-    roi_id: int
-    project: dict[str, int]
-
-    def sessions(self) -> SessionFactory:
-        return functools.partial(Session, self.engine, expire_on_commit=False)
 
 
 def make_world(
     engine: Engine, sandbox: SandboxProcess, project: dict[str, int], tmp_path: Path, mode: str = "caesar"
 ) -> World:
     """Raw subjects of a shell volume's ROI (prepared, not uploaded), the project's rows and a
-    promoted model version."""
+    promoted model version (:func:`tests.loop.publish_world.make_publish_world`); no tracing workflow
+    named, so monitoring slices are only corrected here (``test_monitoring`` sends them for tracing)."""
     data_dir = tmp_path / "data"
     volume_path = shell_volume(tmp_path / "shell.zarr")
     imaging = ImagingSettings(crop_size_px=120, subject_size_px=60)
@@ -77,63 +61,12 @@ def make_world(
     with open_volume(volume_path) as volume:
         prepare_subjects(volume, [RoiBox("cell01", x, y, z, width, height, depth)], data_dir / "subjects",
                          SubjectFormat.from_settings(imaging))  # fmt: skip
-    entries = read_manifest(data_dir / "subjects")
-    with Session(engine) as session:
-        project_row = add_project(session, panoptes_id=project["project_id"])
-        add_workflow(session, project_row, project["segmentation_workflow_id"], WorkflowRole.SEGMENTATION, "Trace")
-        correction = add_workflow(
-            session, project_row, project["correction_workflow_id"], WorkflowRole.CORRECTION, "Fix"
-        )
-        correction.caesar_data_fetching = True
-        raw_set = add_subject_set(session, project_row, None, "raw", None)
-        roi_ids = ensure_manifest_rows(session, entries)
-        for upload in manifest_uploads(entries, data_dir / "subjects", roi_ids):
-            session.add(
-                Subject(
-                    upload_key=upload.upload_key, roi_id=upload.roi_id, subject_set_id=row_id(raw_set),
-                    slice_index=upload.slice_index, frames=list(upload.frames), target_frame=upload.target_frame,
-                    local_dir=str(upload.files[0].path.parent), panoptes_metadata=upload.panoptes_metadata(),
-                    upload_state=UploadState.LINKED,
-                )
-            )  # fmt: skip
-        session.add(
-            ModelVersion(version=VERSION, artifact_uri="models/none.keras", preset="small", architecture="unet-2.5d",
-                         data_hash="0" * 64, promoted=True)
-        )  # fmt: skip
-        session.commit()
-        roi_id = next(iter(roi_ids.values()))
-    panoptes = panoptes_settings(sandbox).model_copy(
-        update={"caesar_endpoint": sandbox.url, "correction_workflow_id": project["correction_workflow_id"],
-                "project_id": project["project_id"]}
-    )  # fmt: skip
-    settings = Settings(
-        data_dir=data_dir, panoptes=panoptes, imaging=imaging,
-        correction=CorrectionSettings(mode=mode, budget_per_round=BUDGET, monitoring_fraction=MONITORING,
-                                      min_component_voxels=0),  # the shell is far below the default
-    )  # fmt: skip
-    return World(engine, settings, roi_id, project)
-
-
-def run_queued_batch(world: World) -> PredictionBatch:
-    """What a worker does with the queued batch: the real prediction job, with the stand-in model."""
-    factory = world.sessions()
-    with factory() as session:
-        queued = session.exec(select(PredictionBatch)).all()
-        assert [b.params for b in queued] == [{"keep_largest": True, "min_component_voxels": 0}]
-        lease = batches.claim_next_batch(session, "w")
-        session.commit()
-        assert lease is not None
-        batch = session.get(PredictionBatch, lease.run_id)
-        assert batch is not None
-    heartbeat = RunHeartbeat(factory, Lease(lease.run_id, "w"), threading.Event(), PREDICTION_QUEUE)
-    source = batch_source(factory, world.settings.data_dir, batch)
-    predict_batch(factory, world.settings.data_dir, batch, heartbeat, brightness_fn, stand_in_preset(), source)
-    with factory() as session:
-        assert batches.finish_batch(session, lease)
-        session.commit()
-        done = session.get(PredictionBatch, lease.run_id)
-        assert done is not None
-        return done
+    correction = CorrectionSettings(
+        mode=mode, budget_per_round=BUDGET, monitoring_fraction=MONITORING, min_component_voxels=0
+    )  # the shell is far below the default min_component_voxels
+    return make_publish_world(
+        engine, sandbox, project, data_dir, imaging=imaging, correction=correction, version=VERSION
+    )
 
 
 def slice_rows(world: World) -> list[SlicePrediction]:
@@ -299,6 +232,33 @@ def test_a_corrected_consensus_gives_the_slice_its_correction_dice(world: World,
     assert row.correction_dice == pytest.approx(dice(predicted, corrected), abs=0.05)
     assert measured.median_correction_dice == {VERSION: row.correction_dice}
     assert run_publish(factory, gateway, world.settings).corrections_measured == 0
+
+
+def test_a_failed_correction_upload_is_recorded_against_its_version_and_resumed(
+    world: World, gateway: PanoptesGateway, sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    factory = world.sessions()
+    run_publish(factory, gateway, world.settings)
+    run_queued_batch(world)
+
+    def lost_posts(
+        sessions: publish_job.SessionFactory, gw: PanoptesGateway, set_row: SubjectSet, uploads: list[SubjectUpload]
+    ) -> UploadResult:
+        raise PanoptesUnavailable("502 Bad Gateway")
+
+    monkeypatch.setattr("etchacell_loop.loop.publish_job.upload_subjects", lost_posts)
+    failed = run_publish(factory, gateway, world.settings)
+
+    assert failed.uploaded == 0
+    with Session(world.engine) as session:
+        (failure,) = session.exec(select(Event).where(Event.kind == "publish.upload_failed")).all()
+    assert failure.level == "warning" and failure.message == f"model {VERSION}: 502 Bad Gateway"
+    assert all(s.upload_state is UploadState.PENDING for s in prediction_subjects(world))  # the intent, committed
+    assert not sandbox_subjects(sandbox, world)
+
+    monkeypatch.setattr("etchacell_loop.loop.publish_job.upload_subjects", real_upload)
+    assert run_publish(factory, gateway, world.settings).uploaded == 4
+    assert sorted(len(found) for found in sandbox_subjects(sandbox, world).values()) == [1, 1, 1, 1]
 
 
 def test_fallback_subjects_show_the_slice_and_the_outline(
