@@ -205,6 +205,27 @@ class ImagingSettings(_Section):
         return value
 
 
+class ComputeSettings(_Section):
+    """Where whole-volume prediction and export aggregation run (``etchacell_loop.compute.cluster``):
+    ``auto`` each command's fastest way on one machine (``predict`` a local Dask cluster,
+    ``aggregate`` a process pool, the GPU worker's batches in the worker); ``local`` a Dask cluster
+    of this machine's cores and GPUs for every command; ``none`` in the command's own process; or
+    an existing Dask cluster, by address (``tcp://host:8786``) or scheduler file (``.json``)."""
+
+    scheduler: str = "auto"
+    workers: int | None = Field(default=None, ge=1)  # a local cluster's CPU workers; None: one per core
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        text = value.strip()
+        if not text:
+            raise ValueError(
+                "must be auto, local, none, a scheduler address (tcp://host:8786) or a scheduler file (.json)"
+            )
+        return text
+
+
 class DashboardSettings(_Section):
     """The ops dashboard: where it listens and who may act."""
 
@@ -249,6 +270,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     correction: CorrectionSettings = CorrectionSettings()
     imaging: ImagingSettings = ImagingSettings()
+    compute: ComputeSettings = ComputeSettings()
     dashboard: DashboardSettings = DashboardSettings()
 
     @classmethod

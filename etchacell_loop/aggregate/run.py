@@ -52,6 +52,7 @@ Progress = Callable[[str, float, float | None], None]
 
 REWEIGHTED_METHODS = frozenset({"cria-robust", "staple"})
 DEFAULT_PIXEL_SIZE_NM = 20.0  # 2000 px crops at 10 nm shown at 1000 px, as in the paper
+MAX_SLICES_PER_TASK = 16
 
 
 @dataclass(frozen=True)
@@ -117,17 +118,27 @@ class _SliceResult:
 
 
 def aggregate_export(
-    export: Path, out_dir: Path, options: AggregateOptions | None = None, progress: Progress | None = None
+    export: Path,
+    out_dir: Path,
+    options: AggregateOptions | None = None,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> AggregateReport:
     """Aggregate ``export`` into ``out_dir`` (created; files of an earlier run are replaced). The
-    summary is removed first and written last: its presence says the run finished."""
+    summary is removed first and written last: its presence says the run finished.
+
+    ``executor`` runs the reading and voting instead of this machine's process pool: a Dask
+    client's (``client.get_executor()``) spreads the subjects' slices over a cluster's workers,
+    which write their subjects' images into ``out_dir`` themselves (so it must be on storage they
+    all see); the pooling of volunteer records stays here, a sum over the slices' small results.
+    The same functions run on the same inputs either way, so the outputs are the same files."""
     options = options or AggregateOptions()
     report = AggregateReport(out_dir)
     prepare_folders(out_dir)
     (out_dir / "summary.csv").unlink(missing_ok=True)
     workers = options.workers if options.workers is not None else (os.cpu_count() or 1)
     with collecting_rarely():  # the rows read here are millions of small objects that never form cycles
-        pool = _worker_pool(workers)
+        pool = executor or _worker_pool(workers)
         try:
             started = time.perf_counter()
             assembler, tallies, pixel_nm, issues = _read(export, options, report, pool, progress)
@@ -144,7 +155,7 @@ def aggregate_export(
                 records = _pool_records(results.values())
             report.seconds["reweight"] = time.perf_counter() - started
         finally:
-            if pool is not None:
+            if pool is not None and executor is None:
                 pool.shutdown()
         _finish(report, assembler, tallies, results, records, issues, options)
     return report
@@ -152,10 +163,10 @@ def aggregate_export(
 
 def _worker_pool(workers: int) -> Executor | None:
     """Processes that read and vote (None: all in this process)."""
-    return ProcessPoolExecutor(max_workers=workers, initializer=_start_worker) if workers > 0 else None
+    return ProcessPoolExecutor(max_workers=workers, initializer=start_worker) if workers > 0 else None
 
 
-def _start_worker() -> None:
+def start_worker() -> None:
     """Each worker keeps the memory it frees for its next slice and collects cycles rarely; what it
     inherited from the parent is set aside from collection for good (see ``heap``)."""
     keep_freed_memory()
@@ -300,12 +311,29 @@ def _task(
 def _run_slices(
     tasks: list[_SliceTask], pool: Executor | None, progress: Progress | None, phase: str
 ) -> dict[SliceKey, _SliceResult]:
+    """Every slice voted, in batches of a few slices a task: one task a slice cost a Dask cluster's
+    scheduler more than the slice (4,241 tasks of ~20 ms), and a process pool a round trip each."""
     results: dict[SliceKey, _SliceResult] = {}
-    for done, result in enumerate(_ordered_map(pool, _vote_slice, ((t,) for t in tasks)), start=1):
-        results[result.key] = result
+    per_task = _slices_per_task(len(tasks), pool)
+    batches = ((tasks[i : i + per_task],) for i in range(0, len(tasks), per_task))
+    for batch in _ordered_map(pool, _vote_slices, batches):
+        for result in batch:
+            results[result.key] = result
         if progress is not None:
-            progress(phase, float(done), float(len(tasks)))
+            progress(phase, float(len(results)), float(len(tasks)))
     return results
+
+
+def _slices_per_task(n_slices: int, pool: Executor | None) -> int:
+    """Enough slices a task to make its overhead small, few enough that every worker gets at least
+    eight tasks (so the last ones do not leave workers idle)."""
+    if pool is None:
+        return 1
+    return max(1, min(MAX_SLICES_PER_TASK, n_slices // (8 * _slots(pool))))
+
+
+def _vote_slices(tasks: list[_SliceTask]) -> list[_SliceResult]:
+    return [_vote_slice(task) for task in tasks]
 
 
 def _vote_slice(task: _SliceTask) -> _SliceResult:
@@ -419,10 +447,18 @@ def _ordered_map(
             yield fn(*args)
         return
     in_flight: deque[Future[_Result]] = deque()
-    limit = 2 * (getattr(pool, "_max_workers", 2) or 2) + 2
+    limit = 2 * _slots(pool) + 2
     for args in argument_tuples:
         in_flight.append(pool.submit(fn, *args))
         if len(in_flight) >= limit:
             yield in_flight.popleft().result()
     while in_flight:
         yield in_flight.popleft().result()
+
+
+def _slots(pool: Executor) -> int:
+    """How many tasks ``pool`` runs at once: its processes, or a Dask client's worker threads."""
+    client = getattr(pool, "_client", None)
+    if client is not None:
+        return max(1, int(sum(client.nthreads().values())))
+    return int(getattr(pool, "_max_workers", 2) or 2)

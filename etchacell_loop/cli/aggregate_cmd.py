@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from etchacell_loop.cli.context import CommandError, PhaseBars, console, operator_errors, state
+from etchacell_loop.cli.context import CommandError, PhaseBars, console, err_console, operator_errors, state
 
 if TYPE_CHECKING:
     from etchacell_loop.aggregate.run import AggregateReport
@@ -46,10 +46,28 @@ def aggregate(
     join_rule: Annotated[
         str | None, typer.Option(help="stroke joining: greedy or min-total [default: consensus.join_rule]")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="worker processes [default: one per core; 0: none]")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="worker processes [default: one per core; 0: none, in this process]")
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="none (this machine's process pool: the default), local (a Dask cluster of this machine), or a Dask"
+            " scheduler address or file [default: compute.scheduler]"
+        ),
+    ] = None,
 ) -> None:
-    """Consensus area, envelope band and confidence map for every subject of an export."""
+    """Consensus area, envelope band and confidence map for every subject of an export.
+
+    The slices are voted on this machine's process pool by default, or on the Dask cluster
+    --scheduler names (docs/cluster.md); OUT must then be on storage every worker sees."""
     settings = state(ctx).settings.consensus
+    from etchacell_loop.compute.cluster import resolve_scheduler
+
+    compute = state(ctx).settings.compute
+    chosen_scheduler = resolve_scheduler(scheduler or compute.scheduler, "aggregate")
+    if workers == 0 and scheduler is None:
+        chosen_scheduler = "none"  # --workers 0 asks for this process alone
     chosen_method = method or settings.method
     if chosen_method not in METHODS:
         raise CommandError(f"unknown consensus method {chosen_method!r}; known: {', '.join(METHODS)}")
@@ -57,8 +75,9 @@ def aggregate(
     if rule not in ("greedy", "min-total"):
         raise CommandError(f"unknown join rule {rule!r}; known: greedy, min-total")
     _check_readable(export)
-    from etchacell_loop.aggregate.run import DEFAULT_PIXEL_SIZE_NM, AggregateOptions, aggregate_export
+    from etchacell_loop.aggregate.run import DEFAULT_PIXEL_SIZE_NM, AggregateOptions, aggregate_export, start_worker
     from etchacell_loop.annotations import ExportFormatError
+    from etchacell_loop.compute.cluster import ClusterError, cluster_executor, dashboard_line, open_client
     from etchacell_loop.cria.consensus import CriaParams
 
     params = replace(
@@ -69,8 +88,15 @@ def aggregate(
     )
     options = AggregateOptions(params=params, workflow_id=workflow_id, pixel_size_nm=pixel_size_nm, workers=workers)
     try:
-        with PhaseBars(PHASES) as bars:
-            report = aggregate_export(export, out, options, bars.update)
+        with open_client(chosen_scheduler, workers=workers or compute.workers) as client:
+            executor = None
+            if client is not None:
+                err_console.print(dashboard_line(client), highlight=False, soft_wrap=True)
+                executor = cluster_executor(client, start_worker)
+            with PhaseBars(PHASES) as bars:
+                report = aggregate_export(export, out, options, bars.update, executor)
+    except ClusterError as exc:
+        raise CommandError(str(exc)) from None
     except ExportFormatError as exc:
         raise CommandError(f"{export}: {exc}") from None
     except OSError as exc:  # a file that became unreadable, or an output folder that cannot be written

@@ -8,18 +8,29 @@ seconds to load (TensorFlow alone, tens), and a mistyped ROI or option should sa
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from etchacell_loop.cli.context import CommandError, PhaseBars, console, operator_errors, require_schema, state
+from etchacell_loop.cli.context import (
+    CommandError,
+    PhaseBars,
+    console,
+    err_console,
+    operator_errors,
+    require_schema,
+    state,
+)
 
 if TYPE_CHECKING:
+    from etchacell_loop.compute.tap_blocks import KerasArtifact
     from etchacell_loop.imaging.volume import LazyVolume, RoiBox
     from etchacell_loop.model.backend import BackendChoice
     from etchacell_loop.model.predict import VolumePrediction
-    from etchacell_loop.model.tap import TapRule
+    from etchacell_loop.model.presets import ModelPreset
+    from etchacell_loop.model.tap import TapParams, TapRule
 
 PROMOTED = "promoted"
 # The library's defaults (``model.tap``, ``model.predict``, ``model.evaluation``; a test keeps them
@@ -70,8 +81,23 @@ def predict(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="continue an interrupted run into OUT, skipping the chunks it finished")
+    ] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="local (a Dask cluster of this machine: the default), none (this process), or a Dask scheduler"
+            " address or file",
+            show_default="compute.scheduler",
+        ),
+    ] = None,
 ) -> None:
-    """Tri-axis prediction of the nuclear envelope; writes the probability and the envelope as OME-Zarr."""
+    """Tri-axis prediction of the nuclear envelope; writes the probability and the envelope as OME-Zarr.
+
+    By default the chunks are shared among a Dask cluster of this machine's cores (one worker a GPU);
+    --scheduler names an existing cluster (docs/cluster.md). Such a run can be resumed."""
+    from etchacell_loop.compute.tap_blocks import KerasArtifact
     from etchacell_loop.imaging.volume import VolumeError, open_volume
     from etchacell_loop.model.predict import PredictError, predict_volume
     from etchacell_loop.model.tap import TRI_AXES, TapError, TapParams
@@ -80,8 +106,14 @@ def predict(
         raise CommandError(f"--rule {rule!r}: expected one of {', '.join(TAP_RULES)}")
     if min_component_voxels < 0:
         raise CommandError(f"--min-component-voxels must not be negative, not {min_component_voxels}")
-    if out.exists() and not overwrite:
-        raise CommandError(f"{out} already exists (use --overwrite to replace it)")
+    from etchacell_loop.compute.cluster import ClusterError, in_process, resolve_scheduler
+
+    settings = state(ctx).settings
+    chosen = resolve_scheduler(scheduler or settings.compute.scheduler, "predict")
+    if resume and in_process(chosen):
+        raise CommandError("--resume needs a Dask cluster (--scheduler local or an address), not --scheduler none")
+    if out.exists() and not (overwrite or resume):
+        raise CommandError(f"{out} already exists (use --overwrite to replace it, or --resume to continue it)")
     chunk_zyx = _triple(_parse_ints(chunk, 3, "--chunk"))
     artifact, described = _resolve_model(ctx, model)
     try:
@@ -90,7 +122,12 @@ def predict(
         raise CommandError(str(exc)) from None
     with volume:
         box = _roi_in(volume, roi) if roi else None
-        predict_fn, preset = _load(artifact, state(ctx).settings.training.backend, batch_size)
+        on_cluster = not in_process(chosen)
+        if on_cluster:
+            preset, predict_fn = _preset_only(artifact), None
+        else:
+            predict_fn, preset = _load(artifact, settings.training.backend, batch_size)
+        attrs = {**described, "preset": preset.name}
         try:
             params = TapParams(
                 patch_zyx=preset.patch_zyx,
@@ -100,14 +137,63 @@ def predict(
                 keep_largest=largest_only(keep_largest, box),
                 batch_size=batch_size,
             )
-            with PhaseBars(PHASES, "{task.completed}/{task.total} chunks", width=28) as bars:
-                report = predict_volume(
-                    volume, predict_fn, preset, out, params=params, roi=box, chunk_zyx=chunk_zyx,
-                    overwrite=overwrite, model_attrs={**described, "preset": preset.name}, progress=bars.update,
-                )  # fmt: skip
-        except (PredictError, TapError, VolumeError, FileExistsError) as exc:
+            if on_cluster:
+                source = KerasArtifact(artifact.resolve(), settings.training.backend, batch_size)
+                job = ClusterJob(volume, source, preset, out, params, box, chunk_zyx, overwrite, resume, attrs)
+                report = _predict_on_cluster(chosen, settings.compute.workers, job)
+            else:
+                assert predict_fn is not None
+                with PhaseBars(PHASES, "{task.completed}/{task.total} chunks", width=28) as bars:
+                    report = predict_volume(
+                        volume, predict_fn, preset, out, params=params, roi=box, chunk_zyx=chunk_zyx,
+                        overwrite=overwrite, model_attrs=attrs, progress=bars.update,
+                    )  # fmt: skip
+        except (PredictError, TapError, VolumeError, FileExistsError, ClusterError) as exc:
             raise CommandError(str(exc)) from None
     _print_prediction(report, min_component_voxels)
+
+
+@dataclass(frozen=True)
+class ClusterJob:
+    """A prediction to run as tasks on a Dask cluster (``compute.tap_blocks``)."""
+
+    volume: LazyVolume
+    model: KerasArtifact
+    preset: ModelPreset
+    out: Path
+    params: TapParams
+    roi: RoiBox | None
+    chunk_zyx: tuple[int, int, int]
+    overwrite: bool
+    resume: bool
+    model_attrs: dict[str, Any]
+
+
+def _predict_on_cluster(scheduler: str, workers: int | None, job: ClusterJob) -> VolumePrediction:
+    """``job`` on the cluster ``scheduler`` names: this process reads only the model's preset,
+    each worker loads the model once. The dashboard's address goes to stderr."""
+    from etchacell_loop.compute.cluster import dashboard_line, model_resources, open_client
+    from etchacell_loop.compute.tap_blocks import predict_volume_blocks
+
+    with open_client(scheduler, workers=workers) as client:
+        assert client is not None  # not "none": the caller checked
+        err_console.print(dashboard_line(client), highlight=False, soft_wrap=True)
+        with PhaseBars(PHASES, "{task.completed}/{task.total} chunks", width=28) as bars:
+            return predict_volume_blocks(
+                client, job.volume, job.model, job.preset, job.out, params=job.params, roi=job.roi,
+                chunk_zyx=job.chunk_zyx, overwrite=job.overwrite, resume=job.resume, model_attrs=job.model_attrs,
+                progress=bars.update, resources=model_resources(client),
+            )  # fmt: skip
+
+
+def _preset_only(artifact: Path) -> ModelPreset:
+    """The artefact's preset, read without the model stack (the workers load the model)."""
+    from etchacell_loop.model.artifact import ArtifactError, read_preset
+
+    try:
+        return read_preset(artifact)
+    except ArtifactError as exc:
+        raise CommandError(str(exc)) from None
 
 
 @operator_errors
@@ -285,7 +371,10 @@ def _print_prediction(report: VolumePrediction, min_component_voxels: int) -> No
         )
     worst = max(report.uncertainty, default=0.0)
     console.print(f"axes' disagreement per slice: mean {_mean(report.uncertainty):.3f}, worst {worst:.3f}")
-    console.print(f"wrote {report.out} in {report.seconds:.1f} s ({report.n_chunks} chunks)")
+    chunks = f"{report.n_chunks} chunks"
+    if report.chunks_computed is not None and report.chunks_computed < report.n_chunks:
+        chunks = f"{report.chunks_computed} of {report.n_chunks} chunks predicted by this run, the rest resumed"
+    console.print(f"wrote {report.out} in {report.seconds:.1f} s ({chunks})")
 
 
 def _mean(values: list[float]) -> float:

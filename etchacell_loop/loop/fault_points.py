@@ -10,7 +10,10 @@ separated, each ``point`` or ``point=action``:
 
 - ``kill`` (the default): SIGKILL, exactly as ``kill -9`` from outside, at that step;
 - ``stop``: SIGSTOP, the whole process frozen there (heartbeat thread included) until someone sends
-  SIGCONT, as a stalled machine would be. A parent sees it with ``waitpid(pid, WUNTRACED)``.
+  SIGCONT, as a stalled machine would be. A parent sees it with ``waitpid(pid, WUNTRACED)``;
+- ``kill-once``: SIGKILL the first time any process reaches the point, and never again (a marker
+  file in ``ETCHACELL_TEST_FAULT_STATE``, a folder the test owns, remembers it): a Dask worker that
+  dies there has its task retried by another worker, which must get through.
 
 The points:
 
@@ -20,7 +23,10 @@ The points:
 - ``job:<name>:end``: the job's work is committed; its ``job_run`` row is still "running";
 - ``train:claimed``: a worker holds a training run and has not started the job;
 - ``train:epoch``: the first epoch's heartbeat is recorded;
-- ``train:scored``: the model is trained and scored; it is not registered yet.
+- ``train:scored``: the model is trained and scored; it is not registered yet;
+- ``tap:chunk:<i>``: a block-wise TAP task has written chunk ``i``'s probabilities and labels and
+  not yet recorded it as done (``compute.tap_blocks``);
+- ``tap:collected:<n>``: the process driving a block-wise TAP has seen ``n`` chunks predicted.
 
 Unset, every point costs one look at the environment.
 """
@@ -40,7 +46,12 @@ from sqlmodel import Session
 log = logging.getLogger(__name__)
 
 FAULT_AT_ENV = "ETCHACELL_TEST_FAULT_AT"
-ACTIONS: Mapping[str, signal.Signals] = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
+FAULT_STATE_ENV = "ETCHACELL_TEST_FAULT_STATE"
+ACTIONS: Mapping[str, signal.Signals] = {
+    "kill": signal.SIGKILL,
+    "stop": signal.SIGSTOP,
+    "kill-once": signal.SIGKILL,
+}
 
 
 def armed(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -59,12 +70,26 @@ def armed(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 def reach(point: str) -> None:
     """This process is at ``point``: kill or freeze it there if the environment says so."""
     action = armed().get(point)
-    if action is None:
+    if action is None or (action == "kill-once" and not _first_time(point)):
         return
     log.warning("test fault point %s: %s (%s)", point, action, FAULT_AT_ENV)
     for handler in logging.getLogger().handlers:  # the line must be out before the process is
         handler.flush()
     os.kill(os.getpid(), ACTIONS[action])
+
+
+def _first_time(point: str) -> bool:
+    """Whether no process has reached ``point`` before (a ``kill-once`` point), remembered by
+    creating a marker file atomically in ``ETCHACELL_TEST_FAULT_STATE``."""
+    folder = os.environ.get(FAULT_STATE_ENV)
+    if not folder:
+        raise ValueError(f"{FAULT_AT_ENV}: kill-once needs {FAULT_STATE_ENV}, a folder to remember it in")
+    marker = os.path.join(folder, re.sub(r"[^A-Za-z0-9_.-]", "_", point))
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 SessionFactory = Callable[[], Session]

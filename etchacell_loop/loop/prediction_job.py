@@ -105,6 +105,10 @@ def prediction_job(
 ) -> int:
     """Predict the batch's ROI with its model version and record every slice; the number of slices."""
     source = batch_source(session_factory, settings.data_dir, batch)
+    from etchacell_loop.compute.cluster import in_process, resolve_scheduler
+
+    if not in_process(resolve_scheduler(settings.compute.scheduler, "worker")):
+        return predict_batch_on_cluster(session_factory, settings, batch, heartbeat, source)
     from etchacell_loop.model.backend import running_backend_and_accelerator
     from etchacell_loop.model.keras_io import load_predict_fn  # Keras: only on the worker
     from etchacell_loop.model.tap import resolve_batch_size
@@ -113,6 +117,48 @@ def prediction_job(
     batch_size = resolve_batch_size(_optional_int(batch.params.get("batch_size")))
     predict_fn, preset = load_predict_fn(source.artifact, batch_size)  # the model takes each TAP batch whole
     return predict_batch(session_factory, settings.data_dir, batch, heartbeat, predict_fn, preset, source)
+
+
+def predict_batch_on_cluster(
+    session_factory: SessionFactory,
+    settings: Settings,
+    batch: PredictionBatch,
+    heartbeat: Heartbeat,
+    source: BatchSource,
+) -> int:
+    """The batch's chunks as tasks on the cluster ``compute.scheduler`` names by address or file
+    (``compute.tap_blocks``), each of its workers loading the model once; the slice rows are written
+    here, under the lease, as always. ``auto``, ``local`` and ``none`` predict in the worker itself:
+    it is already one process on its GPU, and a cluster started per batch would cost more than a
+    small ROI takes."""
+    from etchacell_loop.compute.cluster import model_resources, open_client
+    from etchacell_loop.compute.tap_blocks import KerasArtifact, predict_volume_blocks
+    from etchacell_loop.model.artifact import read_preset
+
+    assert batch.id is not None
+    out = batch_output_path(settings.data_dir, batch.id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
+    preset = read_preset(source.artifact)
+    params = tap_params(preset.patch_zyx, batch.tap_rule, batch.params)
+    chunk = tuple(batch.params.get(CHUNK_PARAM, DEFAULT_CHUNK_ZYX))
+    model = KerasArtifact(source.artifact.resolve(), settings.training.backend, params.batch_size)
+    log.info("prediction batch %d: model %s on ROI %s, on the cluster", batch.id, source.version, source.roi.name)
+    with (
+        open_client(settings.compute.scheduler) as client,
+        open_volume(source.volume_path, voxel_size_nm=source.voxel_size_nm) as volume,
+    ):
+        assert client is not None
+        report = predict_volume_blocks(
+            client, volume, model, preset, out, params=params, roi=source.roi, chunk_zyx=(chunk[0], chunk[1], chunk[2]),
+            overwrite=True, progress=lambda _phase, _done, _total: heartbeat.check(),
+            model_attrs={"version": source.version, "artifact": str(source.artifact), "prediction_batch_id": batch.id},
+            resources=model_resources(client),
+        )  # fmt: skip
+    heartbeat.check()
+    slices = slice_summaries(out)
+    record_slices(session_factory, batch, heartbeat, slices, output_uri(batch.id), report.seconds)
+    return len(slices)
 
 
 def predict_batch(

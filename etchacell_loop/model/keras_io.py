@@ -20,15 +20,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from etchacell_loop.model.artifact import ARTIFACT_SUFFIX, PRESET_ENTRY, ArtifactError, read_preset
 from etchacell_loop.model.data import FloatArray, PredictFn, from_model_layout, to_model_layout
-from etchacell_loop.model.presets import ModelPreset, PresetError, preset_from_dict
+from etchacell_loop.model.presets import ModelPreset
 
-PRESET_ENTRY = "etchacell_preset.json"
-ARTIFACT_SUFFIX = ".keras"
-
-
-class ArtifactError(ValueError):
-    """A model artefact that cannot be used; the message is one line naming the file."""
+__all__ = ["ARTIFACT_SUFFIX", "PRESET_ENTRY", "ArtifactError", "load_model", "load_predict_fn", "read_preset"]
 
 
 def save_model(model: keras.Model, preset: ModelPreset, artifact_path: Path) -> Path:
@@ -43,21 +39,6 @@ def save_model(model: keras.Model, preset: ModelPreset, artifact_path: Path) -> 
         archive.writestr(PRESET_ENTRY, json.dumps(preset.as_dict(), indent=2, sort_keys=True))
     partial.replace(artifact_path)
     return artifact_path
-
-
-def read_preset(artifact_path: Path) -> ModelPreset:
-    """The preset stored in an artefact, without loading the model (no Keras work)."""
-    try:
-        with zipfile.ZipFile(artifact_path) as archive:
-            data = json.loads(archive.read(PRESET_ENTRY))
-    except FileNotFoundError:
-        raise ArtifactError(f"{artifact_path}: no such model artefact") from None
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as exc:
-        raise ArtifactError(f"{artifact_path}: not a model artefact with a stored preset ({exc})") from None
-    try:
-        return preset_from_dict(data)
-    except PresetError as exc:
-        raise ArtifactError(f"{artifact_path}: {exc}") from None
 
 
 def load_model(artifact_path: Path) -> tuple[keras.Model, ModelPreset]:

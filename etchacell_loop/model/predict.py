@@ -133,6 +133,7 @@ class VolumePrediction:
     uncertainty: list[float]
     intensity_window: tuple[float, float]
     seconds: float
+    chunks_computed: int | None = None  # predicted by this run (a resumed run skips those already done)
 
 
 # --- the model grid and resampling -----------------------------------------------------------------
@@ -223,7 +224,7 @@ def _every(array: NDArray[Any], axis: int, offset: int, step: int) -> NDArray[An
 def read_resampled(volume: LazyVolume, grid: PredictionGrid, start: Shape3, stop: Shape3) -> Float:
     """The model-grid box ``[start, stop)``, resampled from the source slices under it."""
     lo, hi = grid.source_box(start, stop)
-    source = np.stack([volume.read(z, slice(lo[1], hi[1]), slice(lo[2], hi[2])) for z in range(lo[0], hi[0])])
+    source = volume.read_box(slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
     return block_mean(source, grid.factor_zyx)
 
 
@@ -306,7 +307,9 @@ class _Labelled:
         self.n_labels += n
 
 
-def _touching_pairs(labels: zarr.Array[Any], chunk_zyx: Shape3) -> NDArray[np.int64]:
+def _touching_pairs(
+    labels: zarr.Array[Any], chunk_zyx: Shape3, offsets: NDArray[np.int64] | None = None
+) -> NDArray[np.int64]:
     """Pairs of labels that are neighbours (:data:`COMPONENT_CONNECTIVITY`) across a chunk border,
     the only place a component can have been cut, read a pair of planes at a time.
 
@@ -315,15 +318,43 @@ def _touching_pairs(labels: zarr.Array[Any], chunk_zyx: Shape3) -> NDArray[np.in
     of one along either or both other axes): a band one voxel wide often crosses a border only
     along an edge or through a corner. Two neighbouring voxels in different chunks always lie on
     either side of some border, one step apart across it, so every cut is found.
+
+    ``offsets`` (one per chunk, on the chunk grid) are added to each chunk's labels as they are
+    read, for labels written chunk by chunk with local ids (``compute.tap_blocks``).
     """
     pairs = [np.zeros((0, 2), dtype=np.int64)]
-    for axis in range(3):
-        offsets = _offsets_across(axis)
-        for border in range(chunk_zyx[axis], labels.shape[axis], chunk_zyx[axis]):
-            before = np.take(np.asarray(labels[_plane(axis, border - 1)]), 0, axis=axis)
-            after = np.take(np.asarray(labels[_plane(axis, border)]), 0, axis=axis)
-            pairs.append(_plane_pairs(before, after, offsets))
+    for axis, border in chunk_borders(labels.shape, chunk_zyx):
+        pairs.append(border_pairs(labels, axis, border, chunk_zyx, offsets))
     return np.concatenate(pairs)
+
+
+def chunk_borders(shape_zyx: Sequence[int], chunk_zyx: Shape3) -> list[tuple[int, int]]:
+    """Every border between chunks: (axis, index of the first plane after it)."""
+    return [(axis, border) for axis in range(3) for border in range(chunk_zyx[axis], shape_zyx[axis], chunk_zyx[axis])]
+
+
+def border_pairs(
+    labels: zarr.Array[Any], axis: int, border: int, chunk_zyx: Shape3, offsets: NDArray[np.int64] | None = None
+) -> NDArray[np.int64]:
+    """The touching pairs across one border (see :func:`_touching_pairs`)."""
+    before = _read_plane(labels, axis, border - 1, chunk_zyx, offsets)
+    after = _read_plane(labels, axis, border, chunk_zyx, offsets)
+    return _plane_pairs(before, after, _offsets_across(axis))
+
+
+def _read_plane(
+    labels: zarr.Array[Any], axis: int, index: int, chunk_zyx: Shape3, offsets: NDArray[np.int64] | None
+) -> NDArray[Any]:
+    """One plane of ``labels`` (2-D), made global with the chunks' ``offsets`` when given."""
+    plane: NDArray[Any] = np.take(np.asarray(labels[_plane(axis, index)]), 0, axis=axis)
+    if offsets is None:
+        return plane
+    grid = np.take(offsets, index // chunk_zyx[axis], axis=axis)
+    others = [d for d in range(3) if d != axis]
+    for position, d in enumerate(others):
+        grid = np.repeat(grid, chunk_zyx[d], axis=position)
+    grid = grid[: plane.shape[0], : plane.shape[1]]
+    return np.where(plane > 0, plane.astype(np.int64) + grid, 0)
 
 
 def _offsets_across(axis: int) -> list[tuple[int, int]]:

@@ -404,6 +404,23 @@ def predict_regions(
             stage.shutdown(wait=True, cancel_futures=True)
 
 
+def predict_regions_in_turn(
+    regions: Iterable[AxisRegion], predict_fn: PredictFn, params: TapParams
+) -> Generator[Float, None, None]:
+    """:func:`predict_regions` as a plain loop on the caller's thread: the same batches and the same
+    float32 operations in the same order, so the same values bit for bit. For a process that has
+    one core to itself (a CPU worker of a cluster, where the parallelism is in the number of
+    workers), the pipeline's threads would only contend for that core."""
+    batch_size = resolve_batch_size(params.batch_size)
+    for region in regions:
+        windows = region_windows(region, params, batch_size)
+        halo = read_halo(windows)
+        blend = RegionBlend(windows)
+        for first in windows.batch_starts:
+            blend.add(first, _predicted(predict_fn, cut_batch(windows, halo, first)))
+        yield blend.result()
+
+
 def _pipeline(
     plans: Iterator[RegionWindows],
     predict_fn: PredictFn,

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from etchacell_loop.config import Settings
 from etchacell_loop.db.models import Event, ModelVersion, PredictionBatch, Roi, RunStatus, SlicePrediction, Volume
 from etchacell_loop.imaging.synth_volume import SynthSpec, generate_volume
-from etchacell_loop.imaging.volume import open_volume
+from etchacell_loop.imaging.volume import RoiBox, open_volume
 from etchacell_loop.loop import batches
 from etchacell_loop.loop.prediction_job import (
     PredictionReadError,
@@ -218,3 +218,47 @@ def test_the_worker_predicts_a_queued_batch_with_a_real_model(migrated_engine: E
         assert {"prediction.claimed", "prediction.written", "prediction.succeeded"} <= kinds
         area = predicted_area(data_dir, done, box.z)
         assert area.shape == (box.height, box.width) and area.dtype == np.bool_
+
+
+def test_a_worker_with_a_cluster_named_predicts_its_batch_there_as_it_would_alone(
+    migrated_engine: Engine, tmp_path: Path
+) -> None:
+    """``compute.scheduler`` naming a cluster's address: the batch's chunks are tasks on it, the
+    slice rows are written, and the prediction equals the single-process run's byte for byte."""
+    pytest.importorskip("keras")
+    distributed = pytest.importorskip("distributed")
+    from etchacell_loop.config import ComputeSettings
+    from etchacell_loop.loop.batches import tap_params
+    from etchacell_loop.model.keras_io import load_predict_fn, save_model
+    from etchacell_loop.model.predict import predict_volume
+    from etchacell_loop.model.tap import resolve_batch_size
+    from etchacell_loop.model.unet import build_unet
+    from tests.compute.test_tap_blocks import digests
+    from tests.model.support import tiny_preset
+
+    data_dir = tmp_path / "data"
+    volume_path = tmp_path / "hela.zarr"
+    generate_volume(volume_path, SynthSpec(shape=(8, 160, 160), cells=1, seed=5))
+    preset = tiny_preset()
+    artefact = save_model(build_unet(preset), preset, data_dir / "models" / "v0001" / "model.keras")
+    version_id, roi_id = _rows(migrated_engine, volume_path, "models/v0001/model.keras", tmp_path)
+    with Session(migrated_engine) as session:
+        batch = batches.queue_prediction_batch(session, version_id, roi_id, "all", {"min_component_voxels": 0})
+        session.commit()
+        batch_id, roi = batch.id, session.get(Roi, roi_id)
+        assert batch_id is not None and roi is not None
+        box = RoiBox(roi.name, roi.x, roi.y, roi.z, roi.width, roi.height, roi.depth).clipped((8, 160, 160))
+        params = tap_params(preset.patch_zyx, batch.tap_rule, batch.params)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        settings = Settings(data_dir=data_dir, compute=ComputeSettings(scheduler=cluster.scheduler_address))
+        report = run_worker(_factory(migrated_engine), settings, once=True)
+    assert (report.batches_claimed, report.succeeded) == (1, 1)
+    assert [r.slice_index for r in _slice_rows(migrated_engine, batch_id)] == list(range(box.z, box.z + box.depth))
+
+    alone = tmp_path / "alone.zarr"
+    predict_fn, _ = load_predict_fn(artefact, resolve_batch_size(params.batch_size))
+    with open_volume(volume_path) as volume:
+        predict_volume(volume, predict_fn, preset, alone, params=params, roi=box)
+    ours, theirs = digests(batch_output_path(data_dir, batch_id)), digests(alone)
+    assert ours.pop(".zattrs") and theirs.pop(".zattrs")  # the batch's names its model version and batch
+    assert ours == theirs and len(ours) > 4

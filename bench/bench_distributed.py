@@ -1,0 +1,152 @@
+"""Block-wise TAP and export aggregation on a Dask cluster of this machine: how they scale.
+
+Usage:
+    .venv/bin/python bench/bench_distributed.py [--shape 40,2000,2000] [--chunk 20,128,128]
+        [--workers 1 2] [--export EXPORT.csv] [--method cria-robust] [--json]
+
+1. **The CPU part of TAP**: a synthetic volume (``--shape`` source voxels at 10 x 10 x 50 nm) predicted
+   by ``compute.tap_blocks`` on a local cluster of N single-threaded worker processes, for each N of
+   ``--workers``, with a model that costs next to nothing (a steep sigmoid of each voxel, in numpy:
+   the small preset's patch, :class:`CheapModel`). What is timed is what a GPU leaves to the CPU:
+   resampling, reading halos, cutting windows, blending, voting, labelling, writing the OME-Zarr
+   and its pyramid. Each N runs on a fresh cluster; its start-up is reported apart and not in the
+   time. The single-process path (``model.predict.predict_volume``) is timed beside it, and every
+   output is checked equal to it byte for byte.
+2. **Export aggregation** (with ``--export``): ``etchacell aggregate`` with ``--scheduler none``
+   (this machine's process pool, one per core) and ``--scheduler local`` (a Dask cluster of one
+   worker per core), in child processes; wall time of each and whether their files are equal.
+
+The paper-sized export is made by ``bench/make_synthetic_export.py --subjects 4241 --classifications
+104612 --out /tmp/synth/export.csv`` (about 2 minutes, 1.2 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from etchacell_loop.compute.cluster import open_client  # noqa: E402
+from etchacell_loop.compute.tap_blocks import predict_volume_blocks  # noqa: E402
+from etchacell_loop.imaging.synth_volume import SynthSpec, generate_volume  # noqa: E402
+from etchacell_loop.imaging.volume import open_volume  # noqa: E402
+from etchacell_loop.model.predict import predict_volume  # noqa: E402
+from etchacell_loop.model.presets import ModelPreset, get_preset  # noqa: E402
+from etchacell_loop.model.tap import PredictFn, TapParams  # noqa: E402
+
+
+@dataclass(frozen=True)
+class CheapModel:
+    """A model that costs next to nothing: each voxel through a steep sigmoid (dark = envelope)."""
+
+    preset: ModelPreset
+
+    def load(self) -> tuple[PredictFn, ModelPreset]:
+        def predict_fn(batch: Any) -> Any:
+            return (1.0 / (1.0 + np.exp(20.0 * (np.asarray(batch, np.float32) - 0.3)))).astype(np.float32)
+
+        return predict_fn, self.preset
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def bench_tap(shape: tuple[int, int, int], chunk: tuple[int, int, int], worker_counts: list[int]) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
+    source = work / "volume.zarr"
+    started = time.perf_counter()
+    generate_volume(source, SynthSpec(shape=shape, cells=4, seed=3))
+    print(f"volume {shape} written in {time.perf_counter() - started:.1f} s", flush=True)
+    preset = replace(get_preset("small"), name="cheap")
+    model = CheapModel(preset)
+    params = TapParams(patch_zyx=preset.patch_zyx, min_component_voxels=1000, batch_size=8)
+    figures: dict[str, Any] = {"shape": shape, "chunk": chunk, "runs": {}}
+    with open_volume(source) as volume:
+        predict_fn, _ = model.load()
+        started = time.perf_counter()
+        single = predict_volume(volume, predict_fn, preset, work / "single.zarr", params=params, chunk_zyx=chunk)
+        figures["single_process_s"] = time.perf_counter() - started
+        figures["chunks"] = single.n_chunks
+        print(f"single process: {figures['single_process_s']:.1f} s ({single.n_chunks} chunks)", flush=True)
+        reference = digests(work / "single.zarr")
+        for n in worker_counts:
+            started = time.perf_counter()
+            with open_client("local", workers=n) as client:
+                assert client is not None
+                client.wait_for_workers(n)
+                startup = time.perf_counter() - started
+                started = time.perf_counter()
+                out = work / f"workers-{n}.zarr"
+                predict_volume_blocks(client, volume, model, preset, out, params=params, chunk_zyx=chunk)
+                seconds = time.perf_counter() - started
+            same = digests(out) == reference
+            figures["runs"][n] = {"seconds": seconds, "startup_s": startup, "identical": same}
+            print(f"{n} worker(s): {seconds:.1f} s (cluster start {startup:.1f} s), identical: {same}", flush=True)
+    runs = figures["runs"]
+    if 1 in runs and 2 in runs:
+        figures["speedup_2_over_1"] = runs[1]["seconds"] / runs[2]["seconds"]
+        print(f"2 workers over 1: {figures['speedup_2_over_1']:.2f}x", flush=True)
+    return figures
+
+
+def bench_aggregate(export: Path, method: str) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    outs = {}
+    for scheduler in ("none", "local"):
+        out = Path(tempfile.mkdtemp(prefix=f"bench-aggregate-{scheduler}-"))
+        outs[scheduler] = out
+        command = [str(ROOT / ".venv" / "bin" / "etchacell"), "aggregate", str(export), "--out", str(out)]
+        started = time.perf_counter()
+        done = subprocess.run(
+            [*command, "--method", method, "--scheduler", scheduler], capture_output=True, text=True, check=False
+        )
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"aggregate --scheduler {scheduler} failed: {done.stderr.strip().splitlines()[-1:]}")
+        figures[scheduler] = seconds
+        print(f"aggregate --scheduler {scheduler}: {seconds:.1f} s", flush=True)
+    figures["identical"] = digests(outs["none"]) == digests(outs["local"])
+    print(f"outputs identical: {figures['identical']}", flush=True)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="40,2000,2000", help="source volume Z,Y,X (10 x 10 x 50 nm voxels)")
+    parser.add_argument("--chunk", default="20,128,128", help="prediction chunk Z,Y,X in model voxels")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--export", type=Path, help="also aggregate this export with and without the cluster")
+    parser.add_argument("--method", default="cria-robust")
+    parser.add_argument("--skip-tap", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
+    args = parser.parse_args()
+    shape = tuple(int(v) for v in args.shape.split(","))
+    chunk = tuple(int(v) for v in args.chunk.split(","))
+    figures: dict[str, Any] = {}
+    if not args.skip_tap:
+        figures["tap"] = bench_tap(shape, chunk, args.workers)  # type: ignore[arg-type]
+    if args.export is not None:
+        figures["aggregate"] = bench_aggregate(args.export, args.method)
+    if args.json:
+        print(json.dumps(figures, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
