@@ -192,6 +192,7 @@ def _local_cluster(workers: int | None) -> Iterator[Any]:
                 "nthreads": spec.nthreads,
                 "resources": spec.resources,
                 "env": {**spec.env, **_single_threaded_numerics()},
+                "config": _unprofiled(),
                 "silence_logs": logging.WARNING,
                 "memory_limit": 0,  # the machine's memory is shared by design; no worker is paused for it
             },
@@ -220,6 +221,19 @@ def _single_threaded_numerics() -> dict[str, str]:
     env = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     env["ZARR_THREADING__MAX_WORKERS"] = "1"
     return env
+
+
+def _unprofiled() -> dict[str, Any]:
+    """Dask's statistical profiler off in this machine's workers: it samples the task thread's stack
+    every 10 ms, and measured 5% of a chunk's time (``bench/bench_distributed.py``). The dashboard's
+    task stream and progress still show; a profile can be turned back on with
+    ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=True`` in the environment of ``etchacell``."""
+    import dask
+
+    wanted = os.environ.get("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED") is not None
+    enabled = bool(dask.config.get("distributed.worker.profile.enabled")) if wanted else False
+    # a Nanny merges its config shallowly: hand it the whole tree with the one value changed
+    return dict(dask.config.merge(dask.config.config, {"distributed": {"worker": {"profile": {"enabled": enabled}}}}))
 
 
 class ScatteringExecutor(Executor):

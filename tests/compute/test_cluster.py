@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dask
 import pytest
 
 from etchacell_loop.aggregate.run import AggregateOptions, aggregate_export, start_worker
@@ -78,8 +79,21 @@ def test_export_aggregation_on_two_dask_workers_writes_the_same_files(tmp_path: 
         assert client is not None
         assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
         assert model_resources(client) is None  # no GPU here: any worker runs the model
+        profiling = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+        assert set(profiling.values()) == {False}  # the local workers run without Dask's profiler
         executor = cluster_executor(client, start_worker)
         spread = aggregate_export(CAT, tmp_path / "spread", AggregateOptions(), executor=executor)
     assert spread.rows == alone.rows == 153 and spread.slices == alone.slices
     assert digests(tmp_path / "spread") == digests(tmp_path / "alone")
     assert len(digests(tmp_path / "alone")) > 90  # masks, envelopes, confidence maps and the CSVs
+
+
+def test_an_operator_can_have_the_workers_profiler_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from etchacell_loop.compute.cluster import _unprofiled
+
+    assert _unprofiled()["distributed"]["worker"]["profile"]["enabled"] is False
+    assert _unprofiled()["distributed"]["admin"]  # the whole tree, since a Nanny merges it shallowly
+    monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "True")
+    # what dask makes of that variable when it is imported
+    with dask.config.set({"distributed.worker.profile.enabled": True}):
+        assert _unprofiled()["distributed"]["worker"]["profile"]["enabled"] is True
