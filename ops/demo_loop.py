@@ -361,6 +361,12 @@ def print_effort(rounds: list[dict[str, Any]]) -> None:
         print("  no settled slices yet")
     for row in rounds:
         print(f"  {effort_line(row)}")
+    if any((row.get("saved_vs_tracing") or 0) < 0 for row in rounds):
+        print(
+            "  (a negative saving here is the demo's: its model trains for seconds, so correcting it is tracing, and"
+            " a few of its slices are monitoring slices traced from scratch as well; docs/corrections.md measures"
+            " the saving at a model that is right on most slices)"
+        )
 
 
 def effort_line(row: dict[str, Any]) -> str:
