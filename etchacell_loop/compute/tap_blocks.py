@@ -4,11 +4,15 @@ The same four steps as :mod:`etchacell_loop.model.predict` (read that module fir
 tasks over the chunks instead of a loop in one process:
 
 1. **Resample** each chunk from the source into a scratch array (float32, uncompressed), on any
-   worker. The intensity window is found as there: over the whole resampled region when it is
-   small (:data:`~etchacell_loop.model.predict.WINDOW_SAMPLE_VOXELS`), read back once; else from
-   evenly spaced slices resampled by this process first. Each task applies the window as it reads
-   its halo (:func:`~etchacell_loop.model.predict.apply_window` is elementwise, so the values are
-   those the single-process run stores normalised).
+   worker. The intensity window is the same percentiles of the same values as there (the whole
+   region when it is small, else evenly spaced slices:
+   :func:`~etchacell_loop.model.predict.window_rows`), but nothing is gathered in this process:
+   each resampling task also counts its share of those values, a second round of small tasks
+   counts the few key ranges the percentiles fall in, and the window is read off the sums
+   (:mod:`etchacell_loop.model.quantiles`, exact: ``np.percentile``'s result bit for bit). Each
+   task applies the window as it reads its halo
+   (:func:`~etchacell_loop.model.predict.apply_window` is elementwise, so the values are those the
+   single-process run stores normalised).
 2. **Predict** each chunk (its halo, all views) with the model, loaded once per worker process
    (:func:`loaded_model`) and, on a cluster with GPUs, only on a worker holding one (``GPU=1``).
    The task writes the chunk's probability image (level 0) and its voted envelope labelled with
@@ -51,7 +55,8 @@ from numpy.typing import NDArray
 from etchacell_loop.imaging.omezarr import create_label, create_multiscale, create_volume, downsample_2x
 from etchacell_loop.imaging.volume import LazyVolume, RoiBox, open_volume
 from etchacell_loop.model.predict import (
-    WINDOW_SAMPLE_VOXELS,
+    HIGH_PERCENTILE,
+    LOW_PERCENTILE,
     PredictError,
     PredictionGrid,
     Progress,
@@ -59,19 +64,19 @@ from etchacell_loop.model.predict import (
     _check_alignment,
     _output_attrs,
     _region,
-    _sampled_slices,
     _scratch_array,
     apply_window,
     border_pairs,
     chunk_borders,
     chunk_boxes,
-    intensity_window,
     kept_labels,
     prediction_grid,
     read_resampled,
     scratch_chunks,
+    window_rows,
 )
 from etchacell_loop.model.presets import ModelPreset
+from etchacell_loop.model.quantiles import Counts, coarse_counts, fine_counts, merged, needed_bins, percentiles
 from etchacell_loop.model.tap import (
     AxisRegion,
     PredictFn,
@@ -183,14 +188,40 @@ def _record(path: Path, write: Callable[[Path], object]) -> None:
 # --- the tasks -------------------------------------------------------------------------------------
 
 
-def resample_task(run: BlockRun, index: int, start: Shape3, stop: Shape3) -> int:
-    """Step 1 for one chunk: the source resampled to the model grid, into the scratch."""
+WINDOW_PERCENTILES = (LOW_PERCENTILE, HIGH_PERCENTILE)
+Rows = tuple[int, ...] | None  # the model slices the window is taken over; None: all
+
+
+def resample_task(run: BlockRun, index: int, start: Shape3, stop: Shape3, rows: Rows, count: bool) -> Counts | None:
+    """Step 1 for one chunk: the source resampled to the model grid, into the scratch; with
+    ``count``, the window's first pass over the chunk's share of ``rows`` (a chunk recorded as
+    resampled by an interrupted run is read back for it)."""
     marker = run.marker("resample", index)
+    block = None
     if not marker.exists():
         volume = _opened_volume(run.source, run.voxel_size_nm)
-        run.raw[_region(start, stop)] = read_resampled(volume, run.grid, start, stop)
+        block = read_resampled(volume, run.grid, start, stop)
+        run.raw[_region(start, stop)] = block
         _record(marker, lambda p: p.write_bytes(b""))
-    return index
+    if not count:
+        return None
+    return coarse_counts(_window_share(run, start, stop, rows, block))
+
+
+def _window_share(run: BlockRun, start: Shape3, stop: Shape3, rows: Rows, block: NDArray[np.float32] | None) -> Any:
+    """The chunk's resampled values on the window's slices (from ``block`` when given, else the scratch)."""
+    if block is None:
+        block = np.asarray(run.raw[_region(start, stop)])
+    if rows is None:
+        return block
+    return block[[k - start[0] for k in rows if start[0] <= k < stop[0]]]
+
+
+def window_fine_task(
+    run: BlockRun, boxes: Sequence[tuple[Shape3, Shape3]], rows: Rows, bins: tuple[int, ...]
+) -> Counts:
+    """The window's second pass over some chunks: their values in ``bins``, counted in full."""
+    return merged(fine_counts(_window_share(run, start, stop, rows, None), bins) for start, stop in boxes)
 
 
 @dataclass(frozen=True)
@@ -255,9 +286,12 @@ def envelope_task(run: BlockRun, index: int, start: Shape3, stop: Shape3, offset
     return kept
 
 
-def pyramid_task(run: BlockRun, image: str, method: str, level: int, start: Shape3, stop: Shape3) -> None:
+def pyramid_task(
+    run: BlockRun, image: str, method: str, level: int, start: Shape3, stop: Shape3, after: Sequence[Any] = ()
+) -> None:
     """Step 4 for one chunk of ``level``: made from the level below, as the single-process run
-    makes it from the same chunk's block (chunk starts are even at every level below)."""
+    makes it from the same chunk's block (chunk starts are even at every level below). ``after``:
+    the tasks that write the level below (their results, unused: Dask runs this one after them)."""
     below = run.level(image, level - 1)
     lo = (start[0], 2 * start[1], 2 * start[2])
     hi = (stop[0], min(2 * stop[1], below.shape[1]), min(2 * stop[2], below.shape[2]))
@@ -318,16 +352,18 @@ def predict_volume_blocks(
     _prepare(run, volume, description, overwrite=overwrite, resume=resume)
     report = progress or (lambda phase, done, total: None)
     boxes = list(chunk_boxes(grid.shape_zyx, chunk_zyx))
-    run = replace(run, window=_window(client, run, volume, boxes, report))
+    run = replace(run, window=_window(client, run, boxes, report))
     results, computed = _predict_all(client, run, boxes, report, resources)
     counts = [r.n_labels for r in results]
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     sizes = np.concatenate([np.zeros(1, dtype=np.int64), *(r.sizes for r in results)])
     chunk_grid = tuple(math.ceil(s / c) for s, c in zip(grid.shape_zyx, chunk_zyx, strict=True))
+    image_pyramid = _pyramid(client, run, "", "mean", [])  # runs on beside the envelope's steps
     pairs = _pairs_all(client, run, offsets.reshape(chunk_grid))
     keep, n_kept = kept_labels(sizes, pairs, tap.min_component_voxels, keep_largest=tap.keep_largest)
-    kept_voxels = _envelope_all(client, run, boxes, offsets, keep, report)
-    _pyramids(client, run, report)
+    kept_voxels, envelope = _envelope_all(client, run, boxes, offsets, keep, report)
+    _wait(client, [*image_pyramid, *_pyramid(client, run, "labels/envelope", "nearest", envelope)], "pyramid", _silent)
+    report("post-processing", 1, 1)
     every = _per_slice(results, boxes, grid.shape_zyx[0], "every")
     some = _per_slice(results, boxes, grid.shape_zyx[0], "some")
     uncertainty = disagreement(every, some).tolist()
@@ -397,21 +433,30 @@ def _prepare(run: BlockRun, volume: LazyVolume, description: dict[str, Any], *, 
 
 
 def _window(
-    client: Client, run: BlockRun, volume: LazyVolume, boxes: Sequence[tuple[Shape3, Shape3]], report: Progress
+    client: Client, run: BlockRun, boxes: Sequence[tuple[Shape3, Shape3]], report: Progress
 ) -> tuple[float, float]:
-    """Step 1: every chunk resampled on the cluster; the window from the whole region when it is
-    small, else from evenly spaced slices (as :func:`~etchacell_loop.model.predict._resample_to`)."""
+    """Step 1: every chunk resampled on the cluster, and the intensity window of the region counted
+    there in two passes (the module docstring); a resumed run reads the window it recorded."""
     saved = Path(run.work) / "window.json"
-    small = math.prod(run.grid.shape_zyx) <= WINDOW_SAMPLE_VOXELS
-    sample = None if small or saved.is_file() else _sampled_slices(volume, run.grid)
+    count = not saved.is_file()
+    rows = window_rows(run.grid)
     futures = [
-        _submit(client, f"resample-{i}", resample_task, run, i, start, stop) for i, (start, stop) in enumerate(boxes)
+        _submit(client, f"resample-{i}", resample_task, run, i, start, stop, rows, count)
+        for i, (start, stop) in enumerate(boxes)
     ]
-    _wait(client, futures, "resampling", report)
-    if saved.is_file():
+    coarse = merged(c for c in _wait(client, futures, "resampling", report) if c is not None)
+    _fault_point("tap:resampled")
+    if not count:
         low, high = json.loads(saved.read_text())
         return float(low), float(high)
-    window = intensity_window(np.asarray(run.raw[...]) if sample is None else sample)
+    bins = needed_bins(coarse, WINDOW_PERCENTILES)
+    per_task = max(1, math.ceil(len(boxes) / (4 * max(1, len(client.nthreads())))))
+    fine = [
+        _submit(client, f"window-{i}", window_fine_task, run, boxes[i : i + per_task], rows, bins)
+        for i in range(0, len(boxes), per_task)
+    ] if bins else []  # fmt: skip
+    low, high = percentiles(coarse, merged(_wait(client, fine, "window", _silent)), WINDOW_PERCENTILES)
+    window = (float(low), float(high))
     _record(saved, lambda p: p.write_text(json.dumps(list(window))))
     return window
 
@@ -469,30 +514,34 @@ def _envelope_all(
     offsets: NDArray[np.int64],
     keep: NDArray[np.bool_],
     report: Progress,
-) -> int:
-    """Step 3: the kept components written chunk by chunk; their voxel count."""
+) -> tuple[int, list[Future[Any]]]:
+    """Step 3: the kept components written chunk by chunk; their voxel count, and the tasks (the
+    envelope's pyramid follows them)."""
     shared = client.scatter(keep, broadcast=True)
     futures = [
         _submit(client, f"envelope-{i}", envelope_task, run, i, start, stop, int(offsets[i]), shared)
         for i, (start, stop) in enumerate(boxes)
     ]
-    return int(sum(_wait(client, futures, "post-processing", report)))
+    return int(sum(_wait(client, futures, "post-processing", report))), futures
 
 
-def _pyramids(client: Client, run: BlockRun, report: Progress) -> None:
-    """Step 4: each coarser level of the image and of the envelope, a level at a time."""
-    for image, method in (("", "mean"), ("labels/envelope", "nearest")):
-        levels = len([k for k in zarr.open_group(os.path.join(run.out, image), mode="r").array_keys()])
-        for level in range(1, levels):
-            depth, height, width = run.level(image, level).shape
-            boxes = list(chunk_boxes((depth, height, width), run.chunk_zyx))
-            name = f"pyramid-{image or 'image'}-{level}"
-            futures = [
-                _submit(client, f"{name}-{i}", pyramid_task, run, image, method, level, start, stop)
-                for i, (start, stop) in enumerate(boxes)
-            ]
-            _wait(client, futures, "pyramid", _silent)
-    report("post-processing", 1, 1)
+def _pyramid(client: Client, run: BlockRun, image: str, method: str, after: Sequence[Future[Any]]) -> list[Future[Any]]:
+    """Step 4 for one image: each coarser level's tasks, submitted at once, each level's after the
+    level below (Dask orders them: no round trip through this process between levels), the first
+    after ``after``; the last level's tasks."""
+    levels = len(list(zarr.open_group(os.path.join(run.out, image), mode="r").array_keys()))
+    below: list[Future[Any]] = list(after)
+    tasks: list[Future[Any]] = []
+    for level in range(1, levels):
+        depth, height, width = run.level(image, level).shape
+        boxes = list(chunk_boxes((depth, height, width), run.chunk_zyx))
+        name = f"pyramid-{image or 'image'}-{level}"
+        below = [
+            _submit(client, f"{name}-{i}", pyramid_task, run, image, method, level, start, stop, below)
+            for i, (start, stop) in enumerate(boxes)
+        ]
+        tasks += below
+    return tasks
 
 
 def _submit(

@@ -498,7 +498,7 @@ def _resample_to(
     1/255 of the window, and chunked runs would no longer equal the in-memory TAP exactly.
     """
     boxes = list(chunk_boxes(grid.shape_zyx, chunk_zyx))
-    small = math.prod(grid.shape_zyx) <= WINDOW_SAMPLE_VOXELS
+    small = window_rows(grid) is None
     whole = _resample_in_memory(volume, grid, boxes, report) if small else None
     window = intensity_window(whole if whole is not None else _sampled_slices(volume, grid))
     normalised = _scratch_array(
@@ -523,12 +523,21 @@ def _resample_in_memory(
     return whole
 
 
-def _sampled_slices(volume: LazyVolume, grid: PredictionGrid) -> Float:
-    """Evenly spaced model slices of a large region, resampled from the source: the window's sample."""
+def window_rows(grid: PredictionGrid) -> tuple[int, ...] | None:
+    """The model slices the intensity window is taken over: None for all of a region of at most
+    :data:`WINDOW_SAMPLE_VOXELS`, else evenly spaced slices holding about that many voxels."""
     z, y, x = grid.shape_zyx
+    if z * y * x <= WINDOW_SAMPLE_VOXELS:
+        return None
     n = max(1, min(z, WINDOW_SAMPLE_VOXELS // (y * x)))
-    picks = np.unique(np.linspace(0, z - 1, n).round().astype(int))
-    return np.concatenate([read_resampled(volume, grid, (int(k), 0, 0), (int(k) + 1, y, x)) for k in picks])
+    return tuple(int(k) for k in np.unique(np.linspace(0, z - 1, n).round().astype(int)))
+
+
+def _sampled_slices(volume: LazyVolume, grid: PredictionGrid) -> Float:
+    """The window's slices of a large region (:func:`window_rows`), resampled from the source."""
+    _, y, x = grid.shape_zyx
+    picks = window_rows(grid) or ()
+    return np.concatenate([read_resampled(volume, grid, (k, 0, 0), (k + 1, y, x)) for k in picks])
 
 
 def scratch_chunks(chunk_zyx: Shape3) -> Shape3:

@@ -173,6 +173,64 @@ def test_a_run_killed_whole_resumes_and_predicts_only_the_unfinished_chunks(
     assert attrs == expected
 
 
+def test_a_large_regions_window_is_counted_on_the_cluster_as_the_single_process_run_takes_it(
+    cluster_address: str, artefact: Path, volume: Path, params: TapParams, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Above WINDOW_SAMPLE_VOXELS the window comes from evenly spaced slices: the cluster counts
+    them where they were resampled, and its window (and so its output) equals the single-process
+    run's, which resamples those slices and takes np.percentile of them."""
+    from etchacell_loop.model import predict as predict_module
+    from etchacell_loop.model.keras_io import load_predict_fn
+
+    monkeypatch.setattr(predict_module, "WINDOW_SAMPLE_VOXELS", 3 * 140 * 140)  # 3 of the 8 slices
+    predict_fn, preset = load_predict_fn(artefact)
+    with open_volume(volume) as opened:
+        single = predict_volume(opened, predict_fn, preset, tmp_path / "single.zarr", params=params, chunk_zyx=CHUNK)
+    out = tmp_path / "blocks.zarr"
+    report = run_blocks(cluster_address, artefact, volume, params, out)
+    assert report.intensity_window == single.intensity_window  # type: ignore[attr-defined]
+    assert digests(out) == digests(tmp_path / "single.zarr")
+    monkeypatch.undo()
+    with open_volume(volume) as opened:
+        whole = predict_volume(opened, predict_fn, preset, tmp_path / "whole.zarr", params=params, chunk_zyx=CHUNK)
+    assert whole.intensity_window != single.intensity_window  # a fair test: the slices' window is another
+
+
+def test_a_run_killed_after_resampling_resumes_with_the_window_counted_from_the_scratch(
+    artefact: Path, volume: Path, params: TapParams, reference: Path, tmp_path: Path
+) -> None:
+    """Killed once every chunk is resampled but before the window is recorded: the resumed run
+    resamples nothing again, counts the window from the scratch, and writes the reference output."""
+    out = tmp_path / "pred.zarr"
+    command = [
+        sys.executable, "-m", "etchacell_loop", "predict", str(volume), "--model", str(artefact), "--out", str(out),
+        "--chunk", ",".join(map(str, CHUNK)), "--min-component-voxels", str(MIN_VOXELS), "--no-keep-largest",
+        "--scheduler", "local",
+    ]  # fmt: skip
+    env = {**os.environ, "ETCHACELL_TEST_FAULT_AT": "tap:resampled", "ETCHACELL_DATA_DIR": str(tmp_path)}
+    killed = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _, stderr = killed.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(killed.pid, signal.SIGKILL)  # its worker processes, if any outlived it
+    assert killed.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    assert len(list((work_folder(out) / "done" / "resample").iterdir())) == 50
+    assert not (work_folder(out) / "window.json").exists()
+
+    resumed = subprocess.run(
+        [*command, "--resume"], env={**os.environ, "ETCHACELL_DATA_DIR": str(tmp_path)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ours, theirs = digests(out), digests(reference)
+    assert ours.pop(".zattrs") and theirs.pop(".zattrs")  # the command records the model it used
+    assert ours == theirs
+    window = json.loads((out / ".zattrs").read_text())["etchacell"]["intensity_window"]
+    assert window == json.loads((reference / ".zattrs").read_text())["etchacell"]["intensity_window"]
+
+
 def test_resuming_a_different_run_or_nothing_is_refused(
     cluster_address: str, artefact: Path, volume: Path, params: TapParams, tmp_path: Path
 ) -> None:
