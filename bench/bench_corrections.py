@@ -25,7 +25,9 @@ Two rounds of the loop on synthetic slices with known truth, with the daemon's o
 Printed per share of accept-anything correctors (``--accepting``): median Dice with truth of what
 enters training from corrections (this rule, and a plain majority over the corrections as before),
 the share disputed, the guard's figure, and volunteer-seconds and classifications per settled slice
-against tracing from scratch (the saving).
+against tracing from scratch (the saving); then where the correction round's seconds went
+(correcting right and wrong outlines, tracing disputed slices again, the monitoring tracings) and
+the saving with the monitoring left out.
 
     .venv/bin/python bench/bench_corrections.py [--slices 60] [--accepting 0 0.3 0.6] [--wrong 0.3] [--seed 11]
 """
@@ -280,6 +282,7 @@ def main() -> None:
         f"{'saved':>6} {'seconds':>7}"
     )
     print(header)
+    breakdowns: list[Breakdown] = []
     for share in args.accepting:
         mix = CorrectorMix().with_accepting(share)
         pick = np.random.default_rng([args.seed, int(share * 1000)])
@@ -297,12 +300,41 @@ def main() -> None:
         started = time.perf_counter()
         with ProcessPoolExecutor(args.workers) as pool:
             results = list(pool.map(run_slice, jobs, chunksize=2))
-        _report(share, results, args, time.perf_counter() - started)
+        breakdowns.append(_report(share, results, args, time.perf_counter() - started))
+    _print_breakdown(breakdowns)
 
 
-def _report(share: float, results: Sequence[SliceResult], args: argparse.Namespace, elapsed: float) -> None:
+@dataclass(frozen=True)
+class Breakdown:
+    """Where a settled slice's correction-round seconds go (means over all slices), against tracing."""
+
+    share: float
+    right: float  # correcting the slices the model got right
+    wrong: float  # correcting the slices it got wrong
+    retrace: float  # tracing again the disputed slices (all of them when the guard holds the round)
+    monitoring: float  # the monitoring tracings
+    tracing: float  # tracing from scratch, round 0
+
+
+def _print_breakdown(rows: Sequence[Breakdown]) -> None:
+    """Where the correction round's seconds go, and the saving with and without the monitoring."""
+    print("\nvolunteer-seconds per settled slice in the correction round, by what they were spent on")
+    print(
+        f"{'accepting':>9} {'right':>6} {'wrong':>6} {'retrace':>7} {'monitor':>7} {'total':>6} {'trace':>6} "
+        f"{'saved':>6} {'w/o monitor':>11}"
+    )
+    for row in rows:
+        total = row.right + row.wrong + row.retrace + row.monitoring
+        print(
+            f"{row.share:>9.0%} {row.right:>6.0f} {row.wrong:>6.0f} {row.retrace:>7.0f} {row.monitoring:>7.0f} "
+            f"{total:>6.0f} {row.tracing:>6.0f} {1 - total / row.tracing:>6.0%} "
+            f"{1 - (total - row.monitoring) / row.tracing:>11.0%}"
+        )
+
+
+def _report(share: float, results: Sequence[SliceResult], args: argparse.Namespace, elapsed: float) -> Breakdown:
     """One line: what enters training (all slices, and the slices the model got wrong), the guard,
-    and the time per settled slice."""
+    and the time per settled slice; returns where that time went."""
     monitored = np.random.default_rng([args.seed, 99]).random(len(results)) < args.monitoring
     agreement = [dice(r.correction.area, r.retrace.area) for r, m in zip(results, monitored, strict=True) if m]
     monitor = statistics.median(agreement) if agreement else float("nan")
@@ -317,11 +349,17 @@ def _report(share: float, results: Sequence[SliceResult], args: argparse.Namespa
     plain = [r.correction.plain_dice_truth or 0.0 for r in results]
     scratch = [r.tracing.dice_truth for r in results]
     wrong = [i for i, r in enumerate(results) if r.machine != "right"]
-    s_corr = statistics.mean(
-        r.correction.seconds + (r.retrace.seconds if again else 0.0) for r, again in zip(results, retraced, strict=True)
+    n = len(results)
+    breakdown = Breakdown(
+        share,
+        right=sum(r.correction.seconds for r in results if r.machine == "right") / n,
+        wrong=sum(r.correction.seconds for r in results if r.machine != "right") / n,
+        retrace=sum(r.retrace.seconds for r, again in zip(results, retraced, strict=True) if again) / n,
+        monitoring=args.monitoring * statistics.mean(r.retrace.seconds for r in results),  # the monitoring tracings
+        tracing=statistics.mean(r.tracing.seconds for r in results),
     )
-    s_corr += args.monitoring * statistics.mean(r.retrace.seconds for r in results)  # the monitoring tracings
-    s_trace = statistics.mean(r.tracing.seconds for r in results)
+    s_corr = breakdown.right + breakdown.wrong + breakdown.retrace + breakdown.monitoring
+    s_trace = breakdown.tracing
     print(
         f"{share:>9.0%} {_median(trained):>7.4f} {_median(plain):>7.4f} {_median(scratch):>7.4f} "
         f"{_median([trained[i] for i in wrong]):>7.4f} {_median([plain[i] for i in wrong]):>7.4f} "
@@ -331,6 +369,7 @@ def _report(share: float, results: Sequence[SliceResult], args: argparse.Namespa
         f"{statistics.mean(r.correction.classifications for r in results):>6.1f} "
         f"{s_trace:>7.0f} {s_corr:>7.0f} {1 - s_corr / s_trace:>6.0%} {elapsed:>7.0f}"
     )
+    return breakdown
 
 
 def _median(values: Sequence[float]) -> float:

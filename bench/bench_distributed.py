@@ -1,7 +1,7 @@
 """Block-wise TAP and export aggregation on a Dask cluster of this machine: how they scale.
 
 Usage:
-    .venv/bin/python bench/bench_distributed.py [--shape 40,2000,2000] [--chunk 20,128,128]
+    .venv/bin/python bench/bench_distributed.py [--shape 40,2000,2000] [--chunk 20,128,128 [Z,Y,X ...]]
         [--workers 1 2] [--repeat 3] [--export EXPORT.csv] [--method cria-robust] [--json]
 
 1. **The CPU part of TAP**: a synthetic volume (``--shape`` source voxels at 10 x 10 x 50 nm) predicted
@@ -73,6 +73,19 @@ def written_elsewhere(source: Path, spec: SynthSpec) -> None:
         pool.submit(generate_volume, source, spec).result()
 
 
+def single_process(source: Path, out: Path, chunk: tuple[int, int, int]) -> tuple[float, int]:
+    """``model.predict.predict_volume`` timed in a process of its own (a child, as a separate
+    ``etchacell predict --scheduler none`` would run: its arrays' heap stays out of the cluster's
+    process); its seconds and chunk count."""
+    preset = replace(get_preset("small"), name="cheap")
+    predict_fn, _ = CheapModel(preset).load()
+    params = TapParams(patch_zyx=preset.patch_zyx, min_component_voxels=1000, batch_size=8)
+    with open_volume(source) as volume:
+        started = time.perf_counter()
+        report = predict_volume(volume, predict_fn, preset, out, params=params, chunk_zyx=chunk)
+        return time.perf_counter() - started, report.n_chunks
+
+
 def digests(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -82,25 +95,45 @@ def digests(root: Path) -> dict[str, str]:
 
 
 def bench_tap(
-    shape: tuple[int, int, int], chunk: tuple[int, int, int], worker_counts: list[int], repeat: int
+    shape: tuple[int, int, int], chunks: list[tuple[int, int, int]], worker_counts: list[int], repeat: int
 ) -> dict[str, Any]:
+    """The CPU part of TAP for each chunk size of ``chunks`` on one synthetic volume."""
     work = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
     source = work / "volume.zarr"
     started = time.perf_counter()
     written_elsewhere(source, SynthSpec(shape=shape, cells=4, seed=3))
     print(f"volume {shape} written in {time.perf_counter() - started:.1f} s", flush=True)
+    figures: dict[str, Any] = {"shape": shape, "chunks": {}}
+    references = {}
+    for chunk in chunks:  # each single-process run first, in a process of its own, on a quiet machine
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            seconds, n_chunks = pool.submit(single_process, source, work / "single.zarr", chunk).result()
+        print(f"chunk {chunk}: single process {seconds:.1f} s ({n_chunks} chunks)", flush=True)
+        references[chunk] = digests(work / "single.zarr")
+        shutil.rmtree(work / "single.zarr")
+        figures["chunks"][",".join(map(str, chunk))] = {"single_process_s": seconds, "n_chunks": n_chunks}
+    for chunk in chunks:
+        print(f"-- chunk {chunk}", flush=True)
+        runs = _tap_at(source, work, chunk, references[chunk], worker_counts, repeat)
+        figures["chunks"][",".join(map(str, chunk))].update(runs)
+    shutil.rmtree(work, ignore_errors=True)
+    return figures
+
+
+def _tap_at(
+    source: Path,
+    work: Path,
+    chunk: tuple[int, int, int],
+    reference: dict[str, str],
+    worker_counts: list[int],
+    repeat: int,
+) -> dict[str, Any]:
+    """Each worker count ``repeat`` times, interleaved; every output compared with ``reference``."""
     preset = replace(get_preset("small"), name="cheap")
     model = CheapModel(preset)
     params = TapParams(patch_zyx=preset.patch_zyx, min_component_voxels=1000, batch_size=8)
-    figures: dict[str, Any] = {"shape": shape, "chunk": chunk, "runs": {}}
+    figures: dict[str, Any] = {"runs": {}}
     with open_volume(source) as volume:
-        predict_fn, _ = model.load()
-        started = time.perf_counter()
-        single = predict_volume(volume, predict_fn, preset, work / "single.zarr", params=params, chunk_zyx=chunk)
-        figures["single_process_s"] = time.perf_counter() - started
-        figures["chunks"] = single.n_chunks
-        print(f"single process: {figures['single_process_s']:.1f} s ({single.n_chunks} chunks)", flush=True)
-        reference = digests(work / "single.zarr")
         for round_ in range(repeat):
             for n in worker_counts:
                 started = time.perf_counter()
@@ -126,7 +159,6 @@ def bench_tap(
     if 1 in runs and 2 in runs:
         figures["speedup_2_over_1"] = runs[1]["median_s"] / runs[2]["median_s"]
         print(f"2 workers over 1 (medians): {figures['speedup_2_over_1']:.2f}x", flush=True)
-    shutil.rmtree(work, ignore_errors=True)
     return figures
 
 
@@ -154,7 +186,9 @@ def bench_aggregate(export: Path, method: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="40,2000,2000", help="source volume Z,Y,X (10 x 10 x 50 nm voxels)")
-    parser.add_argument("--chunk", default="20,128,128", help="prediction chunk Z,Y,X in model voxels")
+    parser.add_argument(
+        "--chunk", nargs="+", default=["20,128,128"], help="prediction chunk(s) Z,Y,X in model voxels, each timed"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=3, help="runs of each worker count (medians compared)")
     parser.add_argument("--export", type=Path, help="also aggregate this export with and without the cluster")
@@ -163,10 +197,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.shape.split(","))
-    chunk = tuple(int(v) for v in args.chunk.split(","))
+    chunks = [tuple(int(v) for v in text.split(",")) for text in args.chunk]
     figures: dict[str, Any] = {}
     if not args.skip_tap:
-        figures["tap"] = bench_tap(shape, chunk, args.workers, args.repeat)  # type: ignore[arg-type]
+        figures["tap"] = bench_tap(shape, chunks, args.workers, args.repeat)  # type: ignore[arg-type]
     if args.export is not None:
         figures["aggregate"] = bench_aggregate(args.export, args.method)
     if args.json:
