@@ -2,7 +2,8 @@
 
 Usage:
     .venv/bin/python bench/bench_distributed.py [--shape 40,2000,2000] [--chunk 20,128,128 [Z,Y,X ...]]
-        [--workers 1 2] [--repeat 3] [--export EXPORT.csv] [--method cria-robust] [--json]
+        [--workers 1 2] [--repeat 3] [--window-sample-voxels N] [--export EXPORT.csv] [--method cria-robust]
+        [--json]
 
 1. **The CPU part of TAP**: a synthetic volume (``--shape`` source voxels at 10 x 10 x 50 nm) predicted
    by ``compute.tap_blocks`` on a local cluster of N single-threaded worker processes, for each N of
@@ -11,8 +12,11 @@ Usage:
    resampling, reading halos, cutting windows, blending, voting, labelling, writing the OME-Zarr
    and its pyramid. Each N runs ``--repeat`` times on a fresh cluster, the counts interleaved (this machine's
    neighbours come and go) and their medians compared; start-up is reported apart and not in the
-   time. The single-process path (``model.predict.predict_volume``) is timed beside it, and every
-   output is checked equal to it byte for byte.
+   time. The single-process path (``model.predict.predict_volume``) is timed beside it, in a
+   process of its own, and every output is checked equal to it byte for byte. Each chunk size of
+   ``--chunk`` is timed on the same volume. ``--window-sample-voxels`` below the model grid's size
+   (16.8 M voxels for ``--shape 64,2560,2560``) makes the run take the path of every real volume:
+   the intensity window over evenly spaced slices.
 2. **Export aggregation** (with ``--export``): ``etchacell aggregate`` with ``--scheduler none``
    (this machine's process pool, one per core) and ``--scheduler local`` (a Dask cluster of one
    worker per core), in child processes; wall time of each and whether their files are equal.
@@ -47,6 +51,7 @@ from etchacell_loop.compute.cluster import open_client  # noqa: E402
 from etchacell_loop.compute.tap_blocks import predict_volume_blocks  # noqa: E402
 from etchacell_loop.imaging.synth_volume import SynthSpec, generate_volume  # noqa: E402
 from etchacell_loop.imaging.volume import open_volume  # noqa: E402
+from etchacell_loop.model import predict as predict_module  # noqa: E402
 from etchacell_loop.model.predict import predict_volume  # noqa: E402
 from etchacell_loop.model.presets import ModelPreset, get_preset  # noqa: E402
 from etchacell_loop.model.tap import PredictFn, TapParams  # noqa: E402
@@ -73,10 +78,11 @@ def written_elsewhere(source: Path, spec: SynthSpec) -> None:
         pool.submit(generate_volume, source, spec).result()
 
 
-def single_process(source: Path, out: Path, chunk: tuple[int, int, int]) -> tuple[float, int]:
+def single_process(source: Path, out: Path, chunk: tuple[int, int, int], sample_voxels: int) -> tuple[float, int]:
     """``model.predict.predict_volume`` timed in a process of its own (a child, as a separate
     ``etchacell predict --scheduler none`` would run: its arrays' heap stays out of the cluster's
     process); its seconds and chunk count."""
+    sample_window(sample_voxels)
     preset = replace(get_preset("small"), name="cheap")
     predict_fn, _ = CheapModel(preset).load()
     params = TapParams(patch_zyx=preset.patch_zyx, min_component_voxels=1000, batch_size=8)
@@ -84,6 +90,13 @@ def single_process(source: Path, out: Path, chunk: tuple[int, int, int]) -> tupl
         started = time.perf_counter()
         report = predict_volume(volume, predict_fn, preset, out, params=params, chunk_zyx=chunk)
         return time.perf_counter() - started, report.n_chunks
+
+
+def sample_window(voxels: int) -> None:
+    """The size above which a region's intensity window is taken over evenly spaced slices
+    (``model.predict.WINDOW_SAMPLE_VOXELS``, 64 M): set lower, a volume this machine can hold takes
+    the path every real volume takes (the paper's region is 1.4 G model voxels)."""
+    predict_module.WINDOW_SAMPLE_VOXELS = voxels
 
 
 def digests(root: Path) -> dict[str, str]:
@@ -107,7 +120,8 @@ def bench_tap(
     references = {}
     for chunk in chunks:  # each single-process run first, in a process of its own, on a quiet machine
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            seconds, n_chunks = pool.submit(single_process, source, work / "single.zarr", chunk).result()
+            job = pool.submit(single_process, source, work / "single.zarr", chunk, predict_module.WINDOW_SAMPLE_VOXELS)
+            seconds, n_chunks = job.result()
         print(f"chunk {chunk}: single process {seconds:.1f} s ({n_chunks} chunks)", flush=True)
         references[chunk] = digests(work / "single.zarr")
         shutil.rmtree(work / "single.zarr")
@@ -191,6 +205,12 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=3, help="runs of each worker count (medians compared)")
+    parser.add_argument(
+        "--window-sample-voxels",
+        type=int,
+        default=predict_module.WINDOW_SAMPLE_VOXELS,
+        help="regions larger than this take their intensity window from evenly spaced slices (default 64 M)",
+    )
     parser.add_argument("--export", type=Path, help="also aggregate this export with and without the cluster")
     parser.add_argument("--method", default="cria-robust")
     parser.add_argument("--skip-tap", action="store_true")
@@ -200,6 +220,7 @@ def main() -> None:
     chunks = [tuple(int(v) for v in text.split(",")) for text in args.chunk]
     figures: dict[str, Any] = {}
     if not args.skip_tap:
+        sample_window(args.window_sample_voxels)
         figures["tap"] = bench_tap(shape, chunks, args.workers, args.repeat)  # type: ignore[arg-type]
     if args.export is not None:
         figures["aggregate"] = bench_aggregate(args.export, args.method)
