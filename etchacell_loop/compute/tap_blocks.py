@@ -450,7 +450,7 @@ def _window(
         low, high = json.loads(saved.read_text())
         return float(low), float(high)
     bins = needed_bins(coarse, WINDOW_PERCENTILES)
-    per_task = max(1, math.ceil(len(boxes) / (4 * max(1, len(client.nthreads())))))
+    per_task = _per_task(client, len(boxes))
     fine = [
         _submit(client, f"window-{i}", window_fine_task, run, boxes[i : i + per_task], rows, bins)
         for i in range(0, len(boxes), per_task)
@@ -494,13 +494,18 @@ def borders_task(run: BlockRun, borders: Sequence[tuple[int, int]], offsets: NDA
 def _pairs_all(client: Client, run: BlockRun, offsets: NDArray[np.int64]) -> NDArray[np.int64]:
     """Step 3: the borders shared among the workers, a few per task; the pairs of all of them."""
     borders = chunk_borders(run.grid.shape_zyx, run.chunk_zyx)
-    per_task = max(1, math.ceil(len(borders) / (4 * max(1, len(client.nthreads())))))
+    per_task = _per_task(client, len(borders))
     shared = client.scatter(offsets, broadcast=True)
     futures = [
         _submit(client, f"borders-{i}", borders_task, run, borders[i : i + per_task], shared)
         for i in range(0, len(borders), per_task)
     ]
     return np.concatenate([np.zeros((0, 2), dtype=np.int64), *_wait(client, futures, "borders", _silent)])
+
+
+def _per_task(client: Client, items: int) -> int:
+    """How many of ``items`` small pieces one task takes: about four tasks a worker thread."""
+    return max(1, math.ceil(items / (4 * max(1, len(client.nthreads())))))
 
 
 def _silent(phase: str, done: int, total: int) -> None:
@@ -528,7 +533,7 @@ def _envelope_all(
 def _pyramid(client: Client, run: BlockRun, image: str, method: str, after: Sequence[Future[Any]]) -> list[Future[Any]]:
     """Step 4 for one image: each coarser level's tasks, submitted at once, each level's after the
     level below (Dask orders them: no round trip through this process between levels), the first
-    after ``after``; the last level's tasks."""
+    after ``after``; the tasks of every level."""
     levels = len(list(zarr.open_group(os.path.join(run.out, image), mode="r").array_keys()))
     below: list[Future[Any]] = list(after)
     tasks: list[Future[Any]] = []

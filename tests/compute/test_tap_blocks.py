@@ -96,6 +96,27 @@ def digests(root: Path) -> dict[str, str]:
     }
 
 
+def predict_command(artefact: Path, volume: Path, out: Path) -> list[str]:
+    """``etchacell predict`` of the reference run's settings on a local cluster."""
+    return [
+        sys.executable, "-m", "etchacell_loop", "predict", str(volume), "--model", str(artefact), "--out", str(out),
+        "--chunk", ",".join(map(str, CHUNK)), "--min-component-voxels", str(MIN_VOXELS), "--no-keep-largest",
+        "--scheduler", "local",
+    ]  # fmt: skip
+
+
+def kill_at(command: list[str], env: dict[str, str]) -> None:
+    """Run ``command`` until the fault point its environment names kills it (SIGKILL), then kill
+    whatever of its process group outlived it (its cluster's worker processes)."""
+    killed = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _, stderr = killed.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(killed.pid, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+
+
 def run_blocks(address: str, artefact: Path, volume: Path, params: TapParams, out: Path, **options: object) -> object:
     from etchacell_loop.model.artifact import read_preset
 
@@ -142,19 +163,9 @@ def test_a_run_killed_whole_resumes_and_predicts_only_the_unfinished_chunks(
     artefact: Path, volume: Path, params: TapParams, reference: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "pred.zarr"
-    command = [
-        sys.executable, "-m", "etchacell_loop", "predict", str(volume), "--model", str(artefact), "--out", str(out),
-        "--chunk", ",".join(map(str, CHUNK)), "--min-component-voxels", str(MIN_VOXELS), "--no-keep-largest",
-        "--scheduler", "local",
-    ]  # fmt: skip
+    command = predict_command(artefact, volume, out)
     env = {**os.environ, "ETCHACELL_TEST_FAULT_AT": "tap:collected:12", "ETCHACELL_DATA_DIR": str(tmp_path)}
-    killed = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        _, stderr = killed.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(killed.pid, signal.SIGKILL)  # its worker processes, if any outlived it
-    assert killed.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    kill_at(command, env)
     finished = len(list((work_folder(out) / "done" / "predict").glob("*.npz")))
     assert 12 <= finished < 50
 
@@ -203,19 +214,9 @@ def test_a_run_killed_after_resampling_resumes_with_the_window_counted_from_the_
     """Killed once every chunk is resampled but before the window is recorded: the resumed run
     resamples nothing again, counts the window from the scratch, and writes the reference output."""
     out = tmp_path / "pred.zarr"
-    command = [
-        sys.executable, "-m", "etchacell_loop", "predict", str(volume), "--model", str(artefact), "--out", str(out),
-        "--chunk", ",".join(map(str, CHUNK)), "--min-component-voxels", str(MIN_VOXELS), "--no-keep-largest",
-        "--scheduler", "local",
-    ]  # fmt: skip
+    command = predict_command(artefact, volume, out)
     env = {**os.environ, "ETCHACELL_TEST_FAULT_AT": "tap:resampled", "ETCHACELL_DATA_DIR": str(tmp_path)}
-    killed = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        _, stderr = killed.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(killed.pid, signal.SIGKILL)  # its worker processes, if any outlived it
-    assert killed.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    kill_at(command, env)
     assert len(list((work_folder(out) / "done" / "resample").iterdir())) == 50
     assert not (work_folder(out) / "window.json").exists()
 
