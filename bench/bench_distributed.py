@@ -2,18 +2,22 @@
 
 Usage:
     .venv/bin/python bench/bench_distributed.py [--shape 40,2000,2000] [--chunk 20,128,128 [Z,Y,X ...]]
-        [--workers 1 2] [--repeat 3] [--window-sample-voxels N] [--export EXPORT.csv] [--method cria-robust]
-        [--json]
+        [--workers 1 2] [--repeat 3] [--window-sample-voxels N] [--no-ceiling] [--export EXPORT.csv]
+        [--method cria-robust] [--json]
 
 1. **The CPU part of TAP**: a synthetic volume (``--shape`` source voxels at 10 x 10 x 50 nm) predicted
    by ``compute.tap_blocks`` on a local cluster of N single-threaded worker processes, for each N of
    ``--workers``, with a model that costs next to nothing (a steep sigmoid of each voxel, in numpy:
    the small preset's patch, :class:`CheapModel`). What is timed is what a GPU leaves to the CPU:
    resampling, reading halos, cutting windows, blending, voting, labelling, writing the OME-Zarr
-   and its pyramid. Each N runs ``--repeat`` times on a fresh cluster, the counts interleaved (this machine's
-   neighbours come and go) and their medians compared; start-up is reported apart and not in the
-   time. The single-process path (``model.predict.predict_volume``) is timed beside it, in a
-   process of its own, and every output is checked equal to it byte for byte. Each chunk size of
+   and its pyramid. Each N runs ``--repeat`` times, each run on a fresh cluster in a process of its
+   own (as each ``etchacell predict`` runs), the counts interleaved (this machine's neighbours come
+   and go) and their medians compared, with the range of the ratios round by round; start-up is
+   reported apart and not in the time. Each round also runs two 1-worker runs at once (unless
+   ``--no-ceiling``): two copies of the same work sharing only the machine, whose throughput against
+   one alone is the most 2 workers can gain over 1 here. The single-process path
+   (``model.predict.predict_volume``) is timed beside it, in a process of its own, and every output
+   is checked equal to it byte for byte. Each chunk size of
    ``--chunk`` is timed on the same volume. ``--window-sample-voxels`` below the model grid's size
    (16.8 M voxels for ``--shape 64,2560,2560``) makes the run take the path of every real volume:
    the intensity window over evenly spaced slices.
@@ -99,6 +103,40 @@ def sample_window(voxels: int) -> None:
     predict_module.WINDOW_SAMPLE_VOXELS = voxels
 
 
+def _one_worker_into(
+    source: Path, out: Path, chunk: tuple[int, int, int], sample_voxels: int, start: Any, results: Any
+) -> None:
+    try:
+        results.put(cluster_run(source, out, chunk, 1, sample_voxels, start)[1])
+    except Exception as exc:  # the parent is waiting on the queue: it must hear of a failure too
+        start.abort()
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def one_worker_pair(source: Path, work: Path, chunk: tuple[int, int, int]) -> float:
+    """Two 1-worker runs at once, each on a cluster of its own in a process of its own, their clocks
+    started together: the seconds of the slower. Two copies of the 1-worker run's work, sharing
+    nothing but the machine, measure what this machine gives two processes on this work (its memory
+    and caches, and its neighbours at the time): the ceiling of 2 workers over 1, ``2 x one alone /
+    two at once``."""
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(2), context.Queue()
+    outs = [work / f"pair-{k}.zarr" for k in range(2)]
+    args = (chunk, predict_module.WINDOW_SAMPLE_VOXELS, start, results)
+    processes = [context.Process(target=_one_worker_into, args=(source, out, *args)) for out in outs]
+    for process in processes:
+        process.start()
+    answers = [results.get() for _ in processes]
+    for process in processes:
+        process.join()
+    for out in outs:
+        shutil.rmtree(out, ignore_errors=True)
+    failed = [answer for answer in answers if isinstance(answer, str)]
+    if failed:
+        raise SystemExit(f"a 1-worker run of the pair failed: {failed[0]}")
+    return max(float(answer) for answer in answers)
+
+
 def digests(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -108,7 +146,11 @@ def digests(root: Path) -> dict[str, str]:
 
 
 def bench_tap(
-    shape: tuple[int, int, int], chunks: list[tuple[int, int, int]], worker_counts: list[int], repeat: int
+    shape: tuple[int, int, int],
+    chunks: list[tuple[int, int, int]],
+    worker_counts: list[int],
+    repeat: int,
+    ceiling: bool = True,
 ) -> dict[str, Any]:
     """The CPU part of TAP for each chunk size of ``chunks`` on one synthetic volume."""
     work = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
@@ -128,10 +170,33 @@ def bench_tap(
         figures["chunks"][",".join(map(str, chunk))] = {"single_process_s": seconds, "n_chunks": n_chunks}
     for chunk in chunks:
         print(f"-- chunk {chunk}", flush=True)
-        runs = _tap_at(source, work, chunk, references[chunk], worker_counts, repeat)
+        runs = _tap_at(source, work, chunk, references[chunk], worker_counts, repeat, ceiling)
         figures["chunks"][",".join(map(str, chunk))].update(runs)
     shutil.rmtree(work, ignore_errors=True)
     return figures
+
+
+def cluster_run(
+    source: Path, out: Path, chunk: tuple[int, int, int], workers: int, sample_voxels: int, start: Any = None
+) -> tuple[float, float]:
+    """One run of ``compute.tap_blocks`` on a fresh local cluster of ``workers``, in a process of its
+    own, as each ``etchacell predict`` command runs (the scheduler's process holds no heap of earlier
+    runs or of the digests of their outputs): its start-up and its seconds. With ``start`` (a
+    barrier), the clock starts when every party's cluster is up and has reached it."""
+    sample_window(sample_voxels)
+    preset = replace(get_preset("small"), name="cheap")
+    params = TapParams(patch_zyx=preset.patch_zyx, min_component_voxels=1000, batch_size=8)
+    with open_volume(source) as volume:
+        started = time.perf_counter()
+        with open_client("local", workers=workers) as client:
+            assert client is not None
+            client.wait_for_workers(workers)
+            startup = time.perf_counter() - started
+            if start is not None:
+                start.wait()
+            started = time.perf_counter()
+            predict_volume_blocks(client, volume, CheapModel(preset), preset, out, params=params, chunk_zyx=chunk)
+            return startup, time.perf_counter() - started
 
 
 def _tap_at(
@@ -141,38 +206,50 @@ def _tap_at(
     reference: dict[str, str],
     worker_counts: list[int],
     repeat: int,
+    ceiling: bool = True,
 ) -> dict[str, Any]:
-    """Each worker count ``repeat`` times, interleaved; every output compared with ``reference``."""
-    preset = replace(get_preset("small"), name="cheap")
-    model = CheapModel(preset)
-    params = TapParams(patch_zyx=preset.patch_zyx, min_component_voxels=1000, batch_size=8)
+    """Each worker count ``repeat`` times, interleaved, each run in a fresh process; every output
+    compared with ``reference``. With ``ceiling``, each round also times two 1-worker runs at once
+    (:func:`one_worker_pair`)."""
     figures: dict[str, Any] = {"runs": {}}
-    with open_volume(source) as volume:
-        for round_ in range(repeat):
-            for n in worker_counts:
-                started = time.perf_counter()
-                with open_client("local", workers=n) as client:
-                    assert client is not None
-                    client.wait_for_workers(n)
-                    startup = time.perf_counter() - started
-                    started = time.perf_counter()
-                    out = work / f"workers-{n}-{round_}.zarr"
-                    predict_volume_blocks(client, volume, model, preset, out, params=params, chunk_zyx=chunk)
-                    seconds = time.perf_counter() - started
-                same = digests(out) == reference
-                shutil.rmtree(out)
-                run = figures["runs"].setdefault(n, {"seconds": [], "startup_s": [], "identical": True})
-                run["seconds"].append(seconds)
-                run["startup_s"].append(startup)
-                run["identical"] = run["identical"] and same
-                print(f"{n} worker(s): {seconds:.1f} s (cluster start {startup:.1f} s), identical: {same}", flush=True)
+    for round_ in range(repeat):
+        for n in worker_counts:
+            out = work / f"workers-{n}-{round_}.zarr"
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                job = pool.submit(cluster_run, source, out, chunk, n, predict_module.WINDOW_SAMPLE_VOXELS)
+                startup, seconds = job.result()
+            same = digests(out) == reference
+            shutil.rmtree(out)
+            run = figures["runs"].setdefault(n, {"seconds": [], "startup_s": [], "identical": True})
+            run["seconds"].append(seconds)
+            run["startup_s"].append(startup)
+            run["identical"] = run["identical"] and same
+            print(f"{n} worker(s): {seconds:.2f} s (cluster start {startup:.1f} s), identical: {same}", flush=True)
+        if ceiling:
+            pair = one_worker_pair(source, work, chunk)
+            figures.setdefault("pair_s", []).append(pair)
+            print(f"two 1-worker runs at once: {pair:.2f} s", flush=True)
     runs = figures["runs"]
     for n, run in runs.items():
         run["median_s"] = statistics.median(run["seconds"])
         print(f"{n} worker(s), median of {repeat}: {run['median_s']:.2f} s", flush=True)
     if 1 in runs and 2 in runs:
         figures["speedup_2_over_1"] = runs[1]["median_s"] / runs[2]["median_s"]
-        print(f"2 workers over 1 (medians): {figures['speedup_2_over_1']:.2f}x", flush=True)
+        paired = sorted(a / b for a, b in zip(runs[1]["seconds"], runs[2]["seconds"], strict=True))
+        figures["speedup_by_round"] = paired
+        print(
+            f"2 workers over 1 (medians): {figures['speedup_2_over_1']:.2f}x; round by round "
+            f"{paired[0]:.2f}-{paired[-1]:.2f}x, median {statistics.median(paired):.2f}x",
+            flush=True,
+        )
+    if ceiling and 1 in runs:
+        pair = statistics.median(figures["pair_s"])
+        figures["ceiling_2_over_1"] = 2 * runs[1]["median_s"] / pair
+        print(
+            f"two 1-worker runs at once (median {pair:.2f} s) against one alone: this machine gives two processes"
+            f" {figures['ceiling_2_over_1']:.2f}x on this work (the ceiling of 2 workers over 1)",
+            flush=True,
+        )
     return figures
 
 
@@ -211,6 +288,9 @@ def main() -> None:
         default=predict_module.WINDOW_SAMPLE_VOXELS,
         help="regions larger than this take their intensity window from evenly spaced slices (default 64 M)",
     )
+    parser.add_argument(
+        "--no-ceiling", action="store_true", help="skip the two 1-worker runs at once that measure the ceiling"
+    )
     parser.add_argument("--export", type=Path, help="also aggregate this export with and without the cluster")
     parser.add_argument("--method", default="cria-robust")
     parser.add_argument("--skip-tap", action="store_true")
@@ -221,7 +301,7 @@ def main() -> None:
     figures: dict[str, Any] = {}
     if not args.skip_tap:
         sample_window(args.window_sample_voxels)
-        figures["tap"] = bench_tap(shape, chunks, args.workers, args.repeat)  # type: ignore[arg-type]
+        figures["tap"] = bench_tap(shape, chunks, args.workers, args.repeat, not args.no_ceiling)  # type: ignore[arg-type]
     if args.export is not None:
         figures["aggregate"] = bench_aggregate(args.export, args.method)
     if args.json:
