@@ -113,12 +113,12 @@ def _one_worker_into(
         results.put(f"{type(exc).__name__}: {exc}")
 
 
-def one_worker_pair(source: Path, work: Path, chunk: tuple[int, int, int]) -> float:
+def one_worker_pair(source: Path, work: Path, chunk: tuple[int, int, int], reference: dict[str, str]) -> float:
     """Two 1-worker runs at once, each on a cluster of its own in a process of its own, their clocks
     started together: the seconds of the slower. Two copies of the 1-worker run's work, sharing
     nothing but the machine, measure what this machine gives two processes on this work (its memory
     and caches, and its neighbours at the time): the ceiling of 2 workers over 1, ``2 x one alone /
-    two at once``."""
+    two at once``. Their outputs must equal ``reference`` too."""
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(2), context.Queue()
     outs = [work / f"pair-{k}.zarr" for k in range(2)]
@@ -129,9 +129,10 @@ def one_worker_pair(source: Path, work: Path, chunk: tuple[int, int, int]) -> fl
     answers = [results.get() for _ in processes]
     for process in processes:
         process.join()
+    failed = [answer for answer in answers if isinstance(answer, str)]
+    failed += [f"{out.name} differs from the single-process output" for out in outs if digests(out) != reference]
     for out in outs:
         shutil.rmtree(out, ignore_errors=True)
-    failed = [answer for answer in answers if isinstance(answer, str)]
     if failed:
         raise SystemExit(f"a 1-worker run of the pair failed: {failed[0]}")
     return max(float(answer) for answer in answers)
@@ -226,7 +227,7 @@ def _tap_at(
             run["identical"] = run["identical"] and same
             print(f"{n} worker(s): {seconds:.2f} s (cluster start {startup:.1f} s), identical: {same}", flush=True)
         if ceiling:
-            pair = one_worker_pair(source, work, chunk)
+            pair = one_worker_pair(source, work, chunk, reference)
             figures.setdefault("pair_s", []).append(pair)
             print(f"two 1-worker runs at once: {pair:.2f} s", flush=True)
     runs = figures["runs"]
