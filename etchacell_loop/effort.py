@@ -15,7 +15,7 @@ open over lunch is not effort).
 Rounds (:func:`effort_by_round`): round 0 is tracing raw subjects from scratch (their consensus is the
 volunteer consensus); round N is correcting the predictions of the N-th model version whose predictions
 were sent to volunteers. Only *settled* slices count — subjects the loop decided to retire (retiring or
-retired: the notion training uses, :data:`etchacell_loop.model.training_set.SETTLED_STATES`) — so a
+retired: the notion training uses, :data:`etchacell_loop.db.models.SETTLED_STATES`) — so a
 round's figures compare finished answers and do not drift while unfinished slices gather
 classifications.
 

@@ -57,6 +57,11 @@ from etchacell_loop.model import registry
 
 POLL_S = 5.0
 FIXED_RETIREMENT = 30  # the paper's classifications per subject
+# A subject is not classified again within this many seconds (a little over the demo's 5 s job interval):
+# on a live project a subject's classifications arrive minutes apart and the daemon retires it as soon
+# as its consensus is stable; a simulated crowd classifying a few new subjects as fast as the server
+# answers gave the demo's monitoring slices 35 classifications each before the daemon's next check.
+SUBJECT_GAP_S = 6.0
 
 
 @dataclass
@@ -448,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     segmentation = settings.panoptes.segmentation_workflow_id
     correction = settings.panoptes.correction_workflow_id
     crowd = [str(binary), "sandbox", "volunteers", "--url", args.sandbox_url, "--truth", str(args.volume), "--follow"]
+    crowd += ["--subject-gap-s", str(SUBJECT_GAP_S)]
     started = time.monotonic()
     processes = {
         "daemon": start("daemon", [str(binary), "--log-format", "json", "daemon"], logs),

@@ -86,6 +86,12 @@ def volunteers(
         list[Path] | None, typer.Option(help="a truth volume (OME-Zarr); subjects name theirs by stem (repeatable)")
     ] = None,
     rate: Annotated[float, typer.Option(help="classifications per second; 0: as fast as possible")] = 0.0,
+    subject_gap_s: Annotated[
+        float,
+        typer.Option(
+            help="seconds before a subject is classified again (a live project's pace per subject); 0: no wait"
+        ),
+    ] = 0.0,
     max_classifications: Annotated[int | None, typer.Option(help="stop after this many classifications")] = None,
     until_retired: Annotated[bool, typer.Option(help="stop once every subject is retired")] = False,
     follow: Annotated[
@@ -125,6 +131,7 @@ def volunteers(
             mix=crowd_mix.with_prolific(prolific) if prolific else crowd_mix,
             seed=seed,
             rate_per_s=rate,
+            subject_gap_s=subject_gap_s,
             max_classifications=max_classifications,
             until_retired=until_retired,
             follow=follow,
@@ -132,7 +139,8 @@ def volunteers(
         )
     except ValueError as exc:
         raise CommandError(
-            f"{exc} (see --mix, --correctors, --accepting, --max-classifications, --until-retired, --follow, --rate)"
+            f"{exc} (see --mix, --correctors, --accepting, --max-classifications, --until-retired, --follow, --rate,"
+            " --subject-gap-s)"
         ) from None
     try:
         volumes = volumes_by_name(truth or [])

@@ -55,6 +55,11 @@ class RetirementState(enum.StrEnum):
     RETIRED = "retired"
 
 
+# A subject whose consensus is settled: the stopping rule retired it (confirmed by Panoptes or not). Training,
+# volunteer effort and the monitoring guard count only these.
+SETTLED_STATES = (RetirementState.RETIRING, RetirementState.RETIRED)
+
+
 class ParseStatus(enum.StrEnum):
     PENDING = "pending"
     OK = "ok"

@@ -7,10 +7,12 @@ it. So the publish job sends the random monitoring share of each version's slice
 workflow as well, as ordinary raw subjects that other volunteers trace from scratch, and the two
 answers are compared where both exist:
 
-1. **Measure.** For every monitoring slice whose corrected and traced (volunteer) consensus are both
-   current and have masks (whatever the correction's verdict), the Dice between the two masks (same
-   crop, same pixels) is stored on the slice row (``slice_prediction.monitoring_dice``) and measured
-   again when either consensus changes; a ``publish.monitored`` event records which pair it compared.
+1. **Measure.** For every monitoring slice whose correction subject and traced subject have both
+   settled (the stopping rule retired them: a first tracing or two is not the crowd's answer) and
+   whose corrected and traced (volunteer) consensus are both current and have masks (whatever the
+   correction's verdict), the Dice between the two masks (same crop, same pixels) is stored on the
+   slice row (``slice_prediction.monitoring_dice``) and measured again when either consensus
+   changes; a ``publish.monitored`` event records which pair it compared.
 2. **Guard.** A version's monitoring agreement is the median of its monitoring slices' Dice. Once at
    least ``correction.min_monitoring_slices`` are measured and the median is below
    ``correction.min_monitoring_dice``, the version's corrections are *held*: a warning event
@@ -47,6 +49,7 @@ from sqlmodel import Session, col, select
 from etchacell_loop.config import CorrectionSettings
 from etchacell_loop.cria.consensus import dice
 from etchacell_loop.db.models import (
+    SETTLED_STATES,
     ConsensusKind,
     ConsensusResult,
     Event,
@@ -113,8 +116,16 @@ class MonitoringPair:
 
 
 def monitoring_pairs(session: Session) -> list[MonitoringPair]:
-    """Every monitoring slice whose corrected and traced consensus are both current, with masks."""
+    """Every monitoring slice whose correction subject and traced subject have both settled (the
+    stopping rule retired them), with their current corrected and traced consensus, with masks.
+
+    Why settled: the hold stands once made, and a consensus of the first one or two tracings is not
+    what the volunteers say: in the demo, 10 s after the monitoring subjects went up, their first
+    tracings gave a median Dice of 0.08 against the corrections, the version's corrections were held,
+    and the same slices agreed at 0.97 once settled. Training counts settled consensus only; so does
+    the check of what it trains on."""
     corrected, traced = aliased(ConsensusResult), aliased(ConsensusResult)
+    correction_subject, traced_subject = aliased(Subject), aliased(Subject)
 
     def current(row: type[ConsensusResult], kind: ConsensusKind) -> sa.ColumnElement[bool]:
         return sa.and_(
@@ -130,7 +141,13 @@ def monitoring_pairs(session: Session) -> list[MonitoringPair]:
         .join(PredictionBatch, col(PredictionBatch.id) == col(SlicePrediction.batch_id))
         .join(corrected, current(corrected, ConsensusKind.CORRECTED))
         .join(traced, current(traced, ConsensusKind.VOLUNTEER))
-        .where(col(SlicePrediction.selection) == SelectionReason.MONITORING)
+        .join(correction_subject, col(correction_subject.id) == col(SlicePrediction.subject_id))
+        .join(traced_subject, col(traced_subject.id) == col(SlicePrediction.monitoring_subject_id))
+        .where(
+            col(SlicePrediction.selection) == SelectionReason.MONITORING,
+            col(correction_subject.retirement_state).in_(list(SETTLED_STATES)),
+            col(traced_subject.retirement_state).in_(list(SETTLED_STATES)),
+        )
         .order_by(col(SlicePrediction.id))
     )
     return [MonitoringPair(row, version_id, c, t) for row, version_id, c, t in session.exec(statement).all()]

@@ -49,12 +49,12 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from etchacell_loop.db.models import (
+    SETTLED_STATES,
     ConsensusKind,
     ConsensusResult,
     DataSplit,
     DecisionOutcome,
     RetirementDecision,
-    RetirementState,
     Roi,
     Subject,
     SubjectKind,
@@ -68,7 +68,6 @@ from etchacell_loop.subject_metadata import CROP_XYWH_KEY, SCALING_KEY
 
 KIND_PREFERENCE = {ConsensusKind.CORRECTED: 0, ConsensusKind.VOLUNTEER: 1}
 USED_SPLITS = (DataSplit.TRAIN, DataSplit.VALIDATION, DataSplit.TEST)
-SETTLED_STATES = (RetirementState.RETIRING, RetirementState.RETIRED)
 NOT_SETTLED = "consensus not settled"
 DISPUTED = "disputed correction"
 HELD = "correction of a model version held by monitoring"

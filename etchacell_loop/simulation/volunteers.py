@@ -26,6 +26,7 @@ of its own.
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -80,6 +81,9 @@ class RunOptions:
     mix: CrowdMix = field(default_factory=CrowdMix)
     seed: int = 0
     rate_per_s: float = 0.0
+    # a subject classified less than this long ago is passed over (a live project's pace per subject; see
+    # VolunteerCrowd.run); 0: any subject at any time
+    subject_gap_s: float = 0.0
     max_classifications: int | None = None
     until_retired: bool = False
     follow: bool = False  # keep waiting for new subjects (a live project) instead of stopping when idle
@@ -98,6 +102,8 @@ class RunOptions:
             raise ValueError("the maximum number of classifications cannot be negative")
         if self.rate_per_s < 0:
             raise ValueError("the rate cannot be negative")
+        if self.subject_gap_s < 0:
+            raise ValueError("the gap between a subject's classifications cannot be negative")
         if not 0.0 <= self.fem_fraction <= 1.0 or not 0.0 < self.new_volunteer_probability <= 1.0:
             raise ValueError("fem_fraction and new_volunteer_probability are fractions")
 
@@ -270,6 +276,8 @@ class VolunteerCrowd:
         self.sleep = sleep
         self.clock = clock
         self._truth_cache: dict[int, list[SliceTruth]] = {}
+        self._last_classified: dict[int, float] = {}  # subject id -> when this crowd last classified it
+        self._resting_until: float | None = None  # the last draw passed over subjects until then
 
     def close(self) -> None:
         self.http.close()
@@ -281,6 +289,12 @@ class VolunteerCrowd:
         self.close()
 
     def run(self, progress: Callable[[RunReport], None] | None = None) -> RunReport:
+        """Classify until the options say stop. With ``subject_gap_s``, a subject is not classified again
+        until that long after this crowd last classified it: a live project's crowd spreads over
+        thousands of subjects, so each receives a classification minutes or hours apart, and the
+        daemon has decided on it (retired it) before the next arrives. Without it, a fast simulated
+        crowd swarms a small subject set between two of the daemon's checks, and every subject
+        receives many more classifications than the stopping rule asked for."""
         workflow = self._workflow()
         report = RunReport()
         limit = self.options.max_classifications
@@ -291,6 +305,9 @@ class VolunteerCrowd:
             index = self.effort.next()
             person = self._person(index)
             choice = self._next_subject(workflow, person)
+            if choice is None and self._resting_until is not None:
+                self.sleep(max(self._resting_until - self.clock(), 0.05))  # only resting subjects were left
+                continue
             if choice is None:
                 self.effort.exhausted.add(index)
                 idle += 1
@@ -312,6 +329,7 @@ class VolunteerCrowd:
                     self.sleep(wait_s)
                 next_post_s = max(next_post_s, self.clock()) + interval_s
             posted = self._classify(workflow, person, *choice)
+            self._last_classified[posted.subject_id] = self.clock()
             self.effort.record(index)
             person.classifications += 1
             report.posted.append(posted)
@@ -416,11 +434,19 @@ class VolunteerCrowd:
         return items
 
     def _next_subject(self, workflow: _Workflow, person: SimVolunteer) -> tuple[dict[str, Any], Selection] | None:
-        """The first queued subject the volunteer has not seen; None when there is none left for them."""
+        """The first queued subject the volunteer has not seen and that is not resting (classified by this
+        crowd less than ``subject_gap_s`` ago); None when there is none, with ``_resting_until`` set
+        when resting subjects were passed over."""
+        self._resting_until = None
         for item in self._queued(workflow, person):
             subject_id = int(item["id"])
             fresh = not item.get("retired") and not item.get("already_seen") and subject_id not in person.seen
             if item.get("selection_state", "normal") == "normal" and fresh:
+                ready_at = self._last_classified.get(subject_id, -math.inf) + self.options.subject_gap_s
+                if ready_at > self.clock():
+                    resting: float | None = self._resting_until
+                    self._resting_until = ready_at if resting is None else min(resting, ready_at)
+                    continue
                 selection = Selection(
                     selected_at=str(item.get("selected_at") or ""),
                     selection_state=str(item.get("selection_state", "normal")),

@@ -28,6 +28,7 @@ from etchacell_loop.db.models import (
     DataSplit,
     Event,
     ModelVersion,
+    RetirementState,
     Roi,
     SelectionReason,
     SlicePrediction,
@@ -301,6 +302,17 @@ def settle_all(world: World, corrected: list[ConsensusResult], monitored: list[S
         session.commit()
 
 
+def retired_by_panoptes(world: World, subject_ids: list[int | None]) -> None:
+    """Subjects that Panoptes reports retired (its own rule, or a decision of ours confirmed)."""
+    with Session(world.engine) as session:
+        for subject_id in subject_ids:
+            subject = session.get(Subject, subject_id)
+            assert subject is not None
+            subject.retirement_state = RetirementState.RETIRED
+            session.add(subject)
+        session.commit()
+
+
 def add_validation_roi(world: World) -> None:
     """A validation ROI with one settled traced slice, so that a training set can be built at all."""
     mask = world.settings.data_dir / "consensus" / "validation.png"
@@ -356,9 +368,22 @@ def test_the_guard_holds_a_version_whose_corrections_disagree_with_tracing_until
     assert [t.subject_id for t in traced] == [r.monitoring_subject_id for r in monitored]  # its own consensus
     factory = world.sessions()
 
-    # correctors who agree with the tracers: measured, nothing held
+    # correctors who keep the model's fragments, before either subject has settled: a first answer
+    # or two is not the crowd's, so nothing is measured and nothing is held (the hold would stand)
+    early = [
+        correct(world, row, fragments(read_mask(world, consensus).shape), "early")
+        for row, consensus in zip(monitored, traced, strict=True)
+    ]
+    unsettled = run_publish(factory, gateway, world.settings)
+    assert unsettled.monitoring_measured == 0 and unsettled.corrections_held == []
+    assert [r.monitoring_dice for r in monitoring_rows(world)] == [None, None, None]
+    retired_by_panoptes(world, [r.monitoring_subject_id for r in monitored] + [c.subject_id for c in early[:2]])
+    assert run_publish(factory, gateway, world.settings).monitoring_measured == 2  # the third is still active
+
+    # correctors who agree with the tracers, every subject settled: measured, nothing held
     for row, consensus in zip(monitored, traced, strict=True):
         correct(world, row, read_mask(world, consensus), "agreeing")
+    retired_by_panoptes(world, [early[2].subject_id])
     agreeing = run_publish(factory, gateway, world.settings)
     assert agreeing.monitoring_measured == 3 and agreeing.median_monitoring_dice == {VERSION: 1.0}
     assert agreeing.corrections_held == []

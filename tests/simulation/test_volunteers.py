@@ -131,6 +131,68 @@ def test_until_retired_stops_when_every_subject_is_retired(
     assert set(per_subject) == set(subject_ids) and min(per_subject.values()) >= 3
 
 
+class _FakeTime:
+    """A clock that moves only when the crowd sleeps: the crowd's waits, exactly."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def _classified_at(
+    sandbox: SandboxProcess, volume_path: Path, tmp_path: Path, subject_gap_s: float
+) -> tuple[dict[int, list[float]], _FakeTime]:
+    """Eight classifications of two subjects (retired only at 50) by a crowd with ``subject_gap_s``:
+    when each subject was classified, by the crowd's clock."""
+    sandbox.clear_faults()
+    ids = sandbox.seed(retirement_count=50)
+    workflow_id, project_id = ids["segmentation_workflow_id"], ids["project_id"]
+    upload(sandbox, workflow_id, project_id, flipbooks(tmp_path, [5, 6]))
+    fake = _FakeTime()
+    options = RunOptions(
+        workflow_id=workflow_id, mix=CrowdMix.parse("careful=1"), seed=4, max_classifications=8,
+        subject_gap_s=subject_gap_s,
+    )  # fmt: skip
+    times: dict[int, list[float]] = {}
+
+    def note(report: RunReport) -> None:
+        times.setdefault(report.posted[-1].subject_id, []).append(fake.now)
+
+    with VolunteerCrowd(
+        sandbox.url, options, volumes_by_name([volume_path]), sleep=fake.sleep, clock=fake.clock
+    ) as crowd:
+        crowd.run(note)
+    return times, fake
+
+
+def test_a_subject_rests_between_classifications_when_a_gap_is_set(
+    sandbox: SandboxProcess, volume_path: Path, tmp_path: Path
+) -> None:
+    """By default a fast crowd classifies a small set back to back (the demo's monitoring slices
+    received 35 classifications in 3 s, far past the stopping rule); with ``subject_gap_s`` each
+    subject waits that long before its next classification, and the crowd sleeps until one is due."""
+    swarmed, unhurried = _classified_at(sandbox, volume_path, tmp_path, 0.0)
+    assert unhurried.slept == [] and sum(len(t) for t in swarmed.values()) == 8
+    assert len(swarmed) == 2 and min(len(t) for t in swarmed.values()) >= 2  # each classified back to back
+    spaced, waited = _classified_at(sandbox, volume_path, tmp_path, 10.0)
+    assert sum(len(t) for t in spaced.values()) == 8 and len(spaced) == 2
+    for moments in spaced.values():
+        assert min(np.diff(moments)) >= 10.0
+    assert sum(waited.slept) >= 30.0  # four rounds of two subjects: three waits of at least 10 s
+
+
+def test_a_negative_gap_is_refused() -> None:
+    with pytest.raises(ValueError, match="gap"):
+        RunOptions(workflow_id=1, max_classifications=1, subject_gap_s=-1.0)
+
+
 class _StopWaiting(Exception):
     pass
 
