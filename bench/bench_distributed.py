@@ -213,6 +213,7 @@ def _tap_at(
     compared with ``reference``. With ``ceiling``, each round also times two 1-worker runs at once
     (:func:`one_worker_pair`)."""
     figures: dict[str, Any] = {"runs": {}}
+    ceiling = ceiling and 1 in worker_counts  # the pair is compared with the 1-worker runs
     for round_ in range(repeat):
         for n in worker_counts:
             out = work / f"workers-{n}-{round_}.zarr"
@@ -243,7 +244,7 @@ def _tap_at(
             f"{paired[0]:.2f}-{paired[-1]:.2f}x, median {statistics.median(paired):.2f}x",
             flush=True,
         )
-    if ceiling and 1 in runs:
+    if ceiling:
         pair = statistics.median(figures["pair_s"])
         figures["ceiling_2_over_1"] = 2 * runs[1]["median_s"] / pair
         print(
