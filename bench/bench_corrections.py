@@ -18,18 +18,23 @@ Two rounds of the loop on synthetic slices with known truth, with the daemon's o
   (:func:`etchacell_loop.cria.correction.correction_consensus`), and the slice settles by the same
   stopping rule. A disputed slice does not enter training and is traced again from scratch: its
   tracing time is charged to the correction round.
-- The **monitoring guard**: a random ``--monitoring`` share of the corrected slices is also traced from
-  scratch; when the median Dice between corrected and traced consensus there falls below
-  ``--guard-dice`` the round's corrections are held (not training data), as the publish job's guard does.
+- The **monitoring guard**: ``--monitoring-slices`` of the corrected slices, at random, are also traced
+  from scratch (``correction.monitoring_slices``: a count per model version); when the median Dice
+  between corrected and traced consensus there falls below ``--guard-dice`` the round's corrections are
+  held (not training data), as the publish job's guard does. The simulated slices stand for a round
+  of ``--round-slices`` (default: the paper's 18 ROIs at ``correction.budget_per_round``, 900), which
+  the monitoring tracings' seconds are shared by.
 
 Printed per share of accept-anything correctors (``--accepting``): median Dice with truth of what
 enters training from corrections (this rule, and a plain majority over the corrections as before),
+the share of slices entering training below 0.9 Dice with truth (from corrections, from scratch),
 the share disputed, the guard's figure, and volunteer-seconds and classifications per settled slice
 against tracing from scratch (the saving); then where the correction round's seconds went
 (correcting right and wrong outlines, tracing disputed slices again, the monitoring tracings) and
 the saving with the monitoring left out.
 
     .venv/bin/python bench/bench_corrections.py [--slices 60] [--accepting 0 0.3 0.6] [--wrong 0.3] [--seed 11]
+        [--monitoring-slices 5] [--round-slices 900]
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ OFFSETS = (-10, -5, 0, 5, 10)
 LIMIT = 30
 PIXEL_NM = 1000 * 10 / SHAPE[0]  # the subject's 1000 px show 10 µm: the same envelope band in pixels
 TO_SUBJECT_PX = 1000 / SHAPE[0]  # lengths for the time model, which is in the subject's 1000 px
+PAPER_ROIS = 18  # the paper's cells segmented by volunteers (section 2.1): one model version's round covers them
+BAD_DICE = 0.9  # a slice entering training below this Dice with the truth counts as bad
 
 
 @dataclass(frozen=True)
@@ -251,9 +258,25 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=60)
     parser.add_argument("--accepting", type=float, nargs="+", default=[0.0, 0.3, 0.6])
     parser.add_argument("--wrong", type=float, default=0.3, help="share of slices the model gets wrong")
-    parser.add_argument("--monitoring", type=float, default=0.1, help="share of corrected slices also traced")
+    defaults = Settings().correction
     parser.add_argument(
-        "--guard-dice", type=float, default=0.8, help="median monitoring Dice below which corrections are held"
+        "--monitoring-slices",
+        type=int,
+        default=defaults.monitoring_slices,
+        help="corrected slices also traced from scratch, per model version (correction.monitoring_slices)",
+    )
+    parser.add_argument(
+        "--round-slices",
+        type=int,
+        default=PAPER_ROIS * defaults.budget_per_round,
+        help="slices one model version sends for correction, whose settled slices share the monitoring tracings"
+        " (default: the paper's 18 ROIs at correction.budget_per_round)",
+    )
+    parser.add_argument(
+        "--guard-dice",
+        type=float,
+        default=defaults.min_monitoring_dice,
+        help="median monitoring Dice below which corrections are held",
     )
     parser.add_argument(
         "--min-corrections",
@@ -264,13 +287,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    if args.monitoring_slices < 0 or args.round_slices < max(args.slices, 1):
+        parser.error("--monitoring-slices must be >= 0 and --round-slices at least --slices")
 
     rng = np.random.default_rng(args.seed)
     tracer_streams = streams(args.slices, rng)
     corrector_streams = streams(args.slices, rng)
     print(
         f"{args.slices} slices, model wrong on {args.wrong:.0%} (fragments / too wide / missing), stopping rule "
-        f"{default_setup().rule.name} checked after every classification, time model {TimeModel()}"
+        f"{default_setup().rule.name} checked after every classification, time model {TimeModel()}; "
+        f"{args.monitoring_slices} monitoring slices in a round of {args.round_slices}"
     )
     print(
         "Dice with truth (median) of what enters training from corrections (this rule), of a plain majority over"
@@ -278,8 +304,8 @@ def main() -> None:
     )
     header = (
         f"{'accepting':>9} {'rule':>7} {'plain':>7} {'scratch':>7} {'w rule':>7} {'w plain':>7} {'w scr':>7} "
-        f"{'disputed':>8} {'monitor':>7} {'held':>5} {'n trace':>7} {'n corr':>6} {'s trace':>7} {'s corr':>7} "
-        f"{'saved':>6} {'seconds':>7}"
+        f"{'bad rule':>8} {'bad scr':>7} {'disputed':>8} {'monitor':>7} {'held':>5} {'n trace':>7} {'n corr':>6} "
+        f"{'s trace':>7} {'s corr':>7} {'saved':>6} {'seconds':>7}"
     )
     print(header)
     breakdowns: list[Breakdown] = []
@@ -335,7 +361,9 @@ def _print_breakdown(rows: Sequence[Breakdown]) -> None:
 def _report(share: float, results: Sequence[SliceResult], args: argparse.Namespace, elapsed: float) -> Breakdown:
     """One line: what enters training (all slices, and the slices the model got wrong), the guard,
     and the time per settled slice; returns where that time went."""
-    monitored = np.random.default_rng([args.seed, 99]).random(len(results)) < args.monitoring
+    monitored = np.zeros(len(results), dtype=bool)
+    size = min(args.monitoring_slices, len(results))
+    monitored[np.random.default_rng([args.seed, 99]).choice(len(results), size=size, replace=False)] = True
     agreement = [dice(r.correction.area, r.retrace.area) for r, m in zip(results, monitored, strict=True) if m]
     monitor = statistics.median(agreement) if agreement else float("nan")
     held = bool(agreement) and monitor < args.guard_dice
@@ -355,7 +383,8 @@ def _report(share: float, results: Sequence[SliceResult], args: argparse.Namespa
         right=sum(r.correction.seconds for r in results if r.machine == "right") / n,
         wrong=sum(r.correction.seconds for r in results if r.machine != "right") / n,
         retrace=sum(r.retrace.seconds for r, again in zip(results, retraced, strict=True) if again) / n,
-        monitoring=args.monitoring * statistics.mean(r.retrace.seconds for r in results),  # the monitoring tracings
+        # the monitoring tracings, shared by the round's settled slices
+        monitoring=args.monitoring_slices * statistics.mean(r.retrace.seconds for r in results) / args.round_slices,
         tracing=statistics.mean(r.tracing.seconds for r in results),
     )
     s_corr = breakdown.right + breakdown.wrong + breakdown.retrace + breakdown.monitoring
@@ -363,13 +392,19 @@ def _report(share: float, results: Sequence[SliceResult], args: argparse.Namespa
     print(
         f"{share:>9.0%} {_median(trained):>7.4f} {_median(plain):>7.4f} {_median(scratch):>7.4f} "
         f"{_median([trained[i] for i in wrong]):>7.4f} {_median([plain[i] for i in wrong]):>7.4f} "
-        f"{_median([scratch[i] for i in wrong]):>7.4f} {1 - float(np.mean(usable)):>8.0%} "
+        f"{_median([scratch[i] for i in wrong]):>7.4f} {_below(trained):>8.1%} {_below(scratch):>7.1%} "
+        f"{1 - float(np.mean(usable)):>8.0%} "
         f"{monitor:>7.3f} {'yes' if held else 'no':>5} "
         f"{statistics.mean(r.tracing.classifications for r in results):>7.1f} "
         f"{statistics.mean(r.correction.classifications for r in results):>6.1f} "
         f"{s_trace:>7.0f} {s_corr:>7.0f} {1 - s_corr / s_trace:>6.0%} {elapsed:>7.0f}"
     )
     return breakdown
+
+
+def _below(values: Sequence[float]) -> float:
+    """The share of slices whose Dice with the truth is below :data:`BAD_DICE`: the tail a median hides."""
+    return sum(v < BAD_DICE for v in values) / len(values) if values else float("nan")
 
 
 def _median(values: Sequence[float]) -> float:

@@ -37,6 +37,13 @@ CONFIG_ENV_VAR = "ETCHACELL_CONFIG"
 DEFAULT_CONFIG_NAME = "etchacell.toml"
 MASK = "********"
 
+# Settings that were replaced: what an old configuration is told instead of "unknown setting".
+RENAMED = {
+    "correction.monitoring_fraction": (
+        " (replaced by correction.monitoring_slices: monitoring slices per model version, a count, not a share)"
+    ),
+}
+
 # Keys that hold secrets directly: accepted from the environment only.
 SECRET_KEYS = frozenset({"panoptes.client_secret", "dashboard.operator_token"})
 
@@ -173,8 +180,11 @@ class CorrectionSettings(_Section):
     """How model predictions go back to volunteers."""
 
     mode: Literal["caesar", "fallback"] = "caesar"
-    budget_per_round: int = Field(default=50, ge=0)
-    monitoring_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    budget_per_round: int = Field(default=50, ge=0)  # most uncertain slices sent, per ROI and model version
+    # random slices per model version (spread over its ROIs) corrected and also traced from scratch: the
+    # monitoring guard's sample. A count, not a share: the guard judges a version on the median of its pairs,
+    # which needs a few slices whatever the round's size (bench_corrections.py; docs/corrections.md)
+    monitoring_slices: int = Field(default=5, ge=0)
     tap_rule: Literal["all", "majority", "any"] = "all"
     min_component_voxels: int | None = Field(default=None, ge=0)  # None: the paper's 10,000 model voxels
     keep_largest: bool = True  # keep only each ROI's largest envelope component: its nucleus (paper section 4.12)
@@ -183,6 +193,15 @@ class CorrectionSettings(_Section):
     # on its monitoring slices below this median Dice, once this many are measured, is not trained on
     min_monitoring_dice: float = Field(default=0.8, ge=0.0, le=1.0)
     min_monitoring_slices: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _guard_can_judge(self) -> CorrectionSettings:
+        if 0 < self.monitoring_slices < self.min_monitoring_slices:
+            raise ValueError(
+                f"monitoring_slices ({self.monitoring_slices}) is below min_monitoring_slices "
+                f"({self.min_monitoring_slices}): the monitoring guard could never judge a version"
+            )
+        return self
 
 
 class ImagingSettings(_Section):
@@ -380,7 +399,7 @@ def describe_validation_error(exc: ValidationError, sources: Mapping[str, str] |
         key = ".".join(str(p) for p in error["loc"] if not isinstance(p, int)) or "(top level)"
         reason = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            parts.append(f"{key}: unknown setting{_suggestion(key)}")
+            parts.append(f"{key}: unknown setting{RENAMED.get(key) or _suggestion(key)}")
             continue
         shown = MASK if key in SECRET_KEYS else _short_repr(error.get("input"))
         origin = _origin(key, sources)

@@ -84,14 +84,14 @@ etchacell subjects upload "$ETCHACELL_DATA_DIR/subjects" --subject-set "hela hel
 step "The loop, live: the daemon, a CPU worker, and two crowds (tracing; correcting the model) until two rounds are done"
 # Demo pace: jobs every 5 s, retirement from 6 classifications, a small model trained briefly once 40
 # slices have settled, 8 uncertain slices sent for correction per model and ROI, and 3 monitoring slices
-# (40% of 8), corrected and also traced from scratch: the monitoring guard judges a version once
+# per model, corrected and also traced from scratch: the monitoring guard judges a version once
 # correction.min_monitoring_slices (3) are measured. cell04's 24 slices hold two such rounds (2 x 11).
 export ETCHACELL_JOBS__INGEST_INTERVAL_S=5 ETCHACELL_JOBS__AGGREGATE_INTERVAL_S=5 ETCHACELL_JOBS__RETIRE_INTERVAL_S=5
 export ETCHACELL_JOBS__TRAIN_INTERVAL_S=5 ETCHACELL_JOBS__PUBLISH_INTERVAL_S=5
 export ETCHACELL_RETIREMENT__MIN_CLASSIFICATIONS=6
 export ETCHACELL_TRAINING__PRESET=small ETCHACELL_TRAINING__MIN_NEW_CONSENSUS_SLICES=40
 export ETCHACELL_TRAINING__EPOCHS=6 ETCHACELL_TRAINING__STEPS_PER_EPOCH=20
-export ETCHACELL_CORRECTION__BUDGET_PER_ROUND=8 ETCHACELL_CORRECTION__MONITORING_FRACTION=0.4
+export ETCHACELL_CORRECTION__BUDGET_PER_ROUND=8 ETCHACELL_CORRECTION__MONITORING_SLICES=3
 export ETCHACELL_CORRECTION__MIN_COMPONENT_VOXELS=20 ETCHACELL_CORRECTION__KEEP_LARGEST=true
 "$BIN/python" ops/demo_loop.py --volume "$VOLUME" --sandbox-url "http://127.0.0.1:$PORT" --minutes "${DEMO_LOOP_MINUTES:-11}"
 

@@ -79,6 +79,21 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
             {},
             "panoptes.projectid: unknown setting (did you mean panoptes.project_id?)",
         ),
+        (
+            "[correction]\nmonitoring_fraction = 0.1\n",
+            {},
+            "correction.monitoring_fraction: unknown setting (replaced by correction.monitoring_slices",
+        ),
+        (
+            "",
+            {"ETCHACELL_CORRECTION__MONITORING_FRACTION": "0.1"},
+            "correction.monitoring_fraction: unknown setting (replaced by correction.monitoring_slices",
+        ),
+        (
+            "[correction]\nmonitoring_slices = 2\n",
+            {},
+            "monitoring_slices (2) is below min_monitoring_slices (3): the monitoring guard could never judge",
+        ),
         ("[imaging]\nflipbook_offsets_nm = [-250, 250]\n", {}, "imaging.flipbook_offsets_nm"),
         ("[retirement]\nmin_classifications = 40\n", {}, "max_classifications must be at least"),
         ("[consensus]\ndenominator = 'everyone'\n", {}, "consensus.denominator"),

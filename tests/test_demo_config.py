@@ -12,7 +12,7 @@ import pytest
 
 from etchacell_loop.config import Settings
 from etchacell_loop.db.models import SelectionReason
-from etchacell_loop.loop.publish_job import choose_slices
+from etchacell_loop.loop.publish_job import choose_slices, monitoring_share
 
 DEMO = Path(__file__).resolve().parents[1] / "ops" / "demo.sh"
 ROUNDS = 2  # the demo ends once two model versions have had their predictions corrected
@@ -39,7 +39,8 @@ def test_every_demo_round_sends_enough_monitoring_slices_for_the_guard(monkeypat
     open_slices = set(range(demo_depth()))
     for batch_id in range(1, ROUNDS + 1):
         uncertainty = {z: ((z * 7919) % 97) / 97 for z in sorted(open_slices)}
-        chosen = choose_slices(uncertainty, correction.budget_per_round, correction.monitoring_fraction, seed=batch_id)
+        share = monitoring_share(correction.monitoring_slices, batches_left=1)  # one held-back ROI: a batch a version
+        chosen = choose_slices(uncertainty, correction.budget_per_round, share, seed=batch_id)
         monitoring = [z for z, why in chosen.items() if why is SelectionReason.MONITORING]
         assert len(monitoring) >= correction.min_monitoring_slices, (
             f"round {batch_id}: {len(monitoring)} monitoring slices, the guard needs {correction.min_monitoring_slices}"

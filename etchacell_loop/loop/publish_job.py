@@ -8,8 +8,10 @@ Four steps, each committing as it goes, so a run killed anywhere is finished by 
 2. **Select.** Of a succeeded batch's slices that still have no consensus and were never sent, the
    ``budget_per_round`` most uncertain (the TAP axes disagree most: that is where volunteers teach
    the model most) and a random monitoring sample of the rest (so the model's real-world quality
-   is measured without the bias of looking only where it is unsure). Seeded by the batch id, so a
-   rerun chooses the same; recorded on the slice rows in one transaction.
+   is measured without the bias of looking only where it is unsure). The monitoring sample is
+   ``monitoring_slices`` per model version, spread over its ROIs' batches: the guard judges a
+   version, not an ROI, and needs a few slices whatever the round's size. Seeded by the batch id,
+   so a rerun chooses the same; recorded on the slice rows in one transaction.
 3. **Build and upload.** One correction subject per selected slice (:mod:`.correction_subjects`),
    into a subject set named after the model version and linked to the correction workflow, through
    the idempotent upload (rows committed first, with their slice's link, then the POSTs). ``#priority``
@@ -30,6 +32,7 @@ Four steps, each committing as it goes, so a run killed anywhere is finished by 
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -210,21 +213,24 @@ def open_slices(session: Session) -> dict[int, set[int]]:
 # --- 2. select --------------------------------------------------------------------------------------
 
 
-def monitoring_count(budget: int, monitoring_fraction: float) -> int:
-    """The size of the random monitoring sample: a share of the budget, at least one when asked for."""
-    if monitoring_fraction <= 0:
+def monitoring_share(still_needed: int, batches_left: int) -> int:
+    """This batch's part of its version's monitoring sample: what the version still needs, spread
+    evenly over its batches not selected from yet (this one included), so that the sample covers
+    several ROIs rather than the first to finish predicting."""
+    if still_needed <= 0:
         return 0
-    return max(1, round(monitoring_fraction * budget))
+    return math.ceil(still_needed / max(batches_left, 1))
 
 
 def choose_slices(
-    uncertainty: Mapping[int, float], budget: int, monitoring_fraction: float, seed: int
+    uncertainty: Mapping[int, float], budget: int, monitoring: int, seed: int
 ) -> dict[int, SelectionReason]:
-    """Slice → why it is sent: the ``budget`` most uncertain, then a seeded random sample of the rest."""
+    """Slice → why it is sent: the ``budget`` most uncertain, then a seeded random sample of
+    ``monitoring`` of the rest (fewer when fewer are left)."""
     ranked = sorted(uncertainty, key=lambda z: (-uncertainty[z], z))
     chosen = {z: SelectionReason.UNCERTAIN for z in ranked[:budget]}
     rest = sorted(ranked[budget:])
-    size = min(monitoring_count(budget, monitoring_fraction), len(rest))
+    size = min(max(monitoring, 0), len(rest))
     picks = np.random.default_rng(seed).choice(len(rest), size=size, replace=False)
     chosen.update({rest[int(k)]: SelectionReason.MONITORING for k in picks})
     return chosen
@@ -270,8 +276,12 @@ def _select_batch(session_factory: SessionFactory, batch_id: int, settings: Sett
         )
         still_open = open_slices(session).get(roi_id, set()) - sent
         candidates = {row.slice_index: row.uncertainty for row in rows if row.slice_index in still_open}
-        budget, fraction = settings.correction.budget_per_round, settings.correction.monitoring_fraction
-        chosen = choose_slices(candidates, budget, fraction, seed=batch_id)
+        version_id = _batch_version(session, batch_id)
+        monitoring = monitoring_share(
+            settings.correction.monitoring_slices - _monitoring_chosen(session, version_id),
+            _batches_not_selected(session, version_id),
+        )
+        chosen = choose_slices(candidates, settings.correction.budget_per_round, monitoring, seed=batch_id)
         if not chosen:
             return 0
         for row in rows:
@@ -283,7 +293,7 @@ def _select_batch(session_factory: SessionFactory, batch_id: int, settings: Sett
             Event(
                 kind="publish.selected",
                 message=f"prediction batch {batch_id}: {len(chosen)} of {len(candidates)} open slices chosen",
-                model_version_id=_batch_version(session, batch_id),
+                model_version_id=version_id,
                 payload={"prediction_batch_id": batch_id, "roi_id": roi_id, "candidates": len(candidates), **counts},
             )
         )
@@ -294,6 +304,41 @@ def _select_batch(session_factory: SessionFactory, batch_id: int, settings: Sett
 def _batch_version(session: Session, batch_id: int) -> int | None:
     batch = session.get(PredictionBatch, batch_id)
     return batch.model_version_id if batch is not None else None
+
+
+def _monitoring_chosen(session: Session, version_id: int | None) -> int:
+    """How many monitoring slices the version's batches have had chosen so far."""
+    statement = (
+        select(sa.func.count())
+        .select_from(SlicePrediction)
+        .join(PredictionBatch, col(PredictionBatch.id) == col(SlicePrediction.batch_id))
+        .where(
+            PredictionBatch.model_version_id == version_id,
+            SlicePrediction.selection == SelectionReason.MONITORING,
+        )
+    )
+    return int(session.exec(statement).one())
+
+
+def _batches_not_selected(session: Session, version_id: int | None) -> int:
+    """The version's batches, failed ones aside, that no slice has been chosen from yet: the ones a
+    monitoring sample still to be chosen is spread over."""
+    batches = session.exec(
+        select(PredictionBatch.id).where(
+            PredictionBatch.model_version_id == version_id, PredictionBatch.status != RunStatus.FAILED
+        )
+    ).all()
+    selected = set(
+        session.exec(
+            select(SlicePrediction.batch_id)
+            .where(
+                col(SlicePrediction.batch_id).in_(batches),
+                SlicePrediction.selection != SelectionReason.NOT_SELECTED,
+            )
+            .distinct()
+        ).all()
+    )
+    return sum(1 for batch in batches if batch not in selected)
 
 
 # --- 3. build and upload ----------------------------------------------------------------------------

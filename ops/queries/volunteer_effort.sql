@@ -6,7 +6,7 @@
 -- description: or over an hour: untimed, counted by reason, valued at the round's mean), per settled slice; the share of
 -- description: volunteer time a correction round saved against tracing (1 - its seconds per settled slice /
 -- description: tracing's); the median correction Dice (prediction vs corrected consensus) of its settled
--- description: slices; and of its settled slices that were also traced from scratch (the monitoring share),
+-- description: slices; and of its settled slices that were also traced from scratch (the monitoring slices),
 -- description: how many have the Dice between their corrected and traced consensus, and its median. A monitoring
 -- description: slice's tracing from scratch is charged to the round it monitors (once its corrected and its traced
 -- description: subject have both settled; monitoring_classifications of the round's), not counted as tracing.

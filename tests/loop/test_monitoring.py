@@ -71,7 +71,7 @@ from tests.model.training_rows import add_consensus, settle
 from tests.simulation.truth_volumes import write_truth_volume
 
 VERSION = "v0001-monitor0"
-BUDGET, MONITORING = 3, 1.0  # the three most uncertain of the ROI's twelve slices, and three monitoring slices
+BUDGET, MONITORING = 3, 3  # the three most uncertain of the ROI's twelve slices, and three monitoring slices
 runner = CliRunner()
 
 
@@ -90,7 +90,7 @@ def make_world(engine: Engine, sandbox: SandboxProcess, project: dict[str, int],
     )
     with open_volume(volume_path) as volume:
         prepare_subjects(volume, list(volume.rois), data_dir / "subjects", SubjectFormat.from_settings(imaging))
-    correction = CorrectionSettings(budget_per_round=BUDGET, monitoring_fraction=MONITORING, min_component_voxels=0)
+    correction = CorrectionSettings(budget_per_round=BUDGET, monitoring_slices=MONITORING, min_component_voxels=0)
     return make_publish_world(
         engine, sandbox, project, data_dir, imaging=imaging, correction=correction, version=VERSION,
         splits={"cell01": DataSplit.TRAIN}, raw_set="held back", tracing_workflow=True,

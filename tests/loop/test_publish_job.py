@@ -34,7 +34,7 @@ from etchacell_loop.imaging.volume import RoiBox, open_volume
 from etchacell_loop.loop import publish_job
 from etchacell_loop.loop.machine_marks import mark_loops
 from etchacell_loop.loop.prediction_job import predicted_area, read_geometry
-from etchacell_loop.loop.publish_job import choose_slices, run_publish, serving_ranks
+from etchacell_loop.loop.publish_job import choose_slices, monitoring_share, run_publish, serving_ranks
 from etchacell_loop.panoptes.caesar import connect_caesar
 from etchacell_loop.panoptes.errors import PanoptesUnavailable
 from etchacell_loop.panoptes.gateway import PanoptesGateway
@@ -45,7 +45,7 @@ from tests.loop.publish_world import World, make_publish_world, run_queued_batch
 from tests.loop.test_prediction_job import ROI_XYZ_WHD, shell_volume
 
 VERSION = "v0001-publish0"
-BUDGET, MONITORING = 3, 0.34  # three most uncertain slices and one monitoring slice of the ROI's seven
+BUDGET, MONITORING = 3, 1  # three most uncertain slices and one monitoring slice of the ROI's seven
 
 
 def make_world(
@@ -62,7 +62,11 @@ def make_world(
         prepare_subjects(volume, [RoiBox("cell01", x, y, z, width, height, depth)], data_dir / "subjects",
                          SubjectFormat.from_settings(imaging))  # fmt: skip
     correction = CorrectionSettings(
-        mode=mode, budget_per_round=BUDGET, monitoring_fraction=MONITORING, min_component_voxels=0
+        mode=mode,
+        budget_per_round=BUDGET,
+        monitoring_slices=MONITORING,
+        min_monitoring_slices=1,
+        min_component_voxels=0,
     )  # the shell is far below the default min_component_voxels
     return make_publish_world(
         engine, sandbox, project, data_dir, imaging=imaging, correction=correction, version=VERSION
@@ -113,22 +117,34 @@ def sandbox_subjects(sandbox: SandboxProcess, world: World) -> dict[str, list[di
 
 def test_the_budget_takes_the_most_uncertain_and_monitoring_samples_the_rest() -> None:
     uncertainty = {z: u for z, u in enumerate([0.1, 0.9, 0.3, 0.8, 0.05, 0.7, 0.2, 0.6])}
-    chosen = choose_slices(uncertainty, budget=3, monitoring_fraction=0.5, seed=7)
+    chosen = choose_slices(uncertainty, budget=3, monitoring=2, seed=7)
     assert {z for z, why in chosen.items() if why is SelectionReason.UNCERTAIN} == {1, 3, 5}
     monitoring = {z for z, why in chosen.items() if why is SelectionReason.MONITORING}
     assert len(monitoring) == 2 and not monitoring & {1, 3, 5}
-    assert choose_slices(uncertainty, 3, 0.5, seed=7) == chosen  # deterministic per batch
+    assert choose_slices(uncertainty, 3, 2, seed=7) == chosen  # deterministic per batch
     seeds = {
-        frozenset(z for z, w in choose_slices(uncertainty, 3, 0.5, s).items() if w is SelectionReason.MONITORING)
+        frozenset(z for z, w in choose_slices(uncertainty, 3, 2, s).items() if w is SelectionReason.MONITORING)
         for s in range(20)
     }
     assert len(seeds) > 1  # but random across batches
-    assert sum(why is SelectionReason.MONITORING for why in choose_slices(uncertainty, 3, 0.01, 1).values()) == 1
-    assert all(why is SelectionReason.UNCERTAIN for why in choose_slices(uncertainty, 3, 0.0, 1).values())
+    assert (
+        sum(why is SelectionReason.MONITORING for why in choose_slices(uncertainty, 3, 9, 1).values()) == 5
+    )  # all left
+    assert all(why is SelectionReason.UNCERTAIN for why in choose_slices(uncertainty, 3, 0, 1).values())
     ranks = serving_ranks(uncertainty, chosen)
     uncertain_order = sorted((z for z in chosen if chosen[z] is SelectionReason.UNCERTAIN), key=ranks.__getitem__)
     assert uncertain_order == [1, 3, 5] and sorted(ranks.values()) == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert ranks[1] == 1.0 and max(ranks[z] for z in monitoring) < max(ranks.values())  # spread among them
+
+
+def test_a_versions_monitoring_sample_is_spread_over_its_batches() -> None:
+    # five slices over four ROIs' batches, chosen one batch at a time: 2, 1, 1, 1; none once complete
+    needed, shares = 5, []
+    for batches_left in (4, 3, 2, 1):
+        shares.append(monitoring_share(needed, batches_left))
+        needed -= shares[-1]
+    assert shares == [2, 1, 1, 1] and monitoring_share(needed, 1) == 0
+    assert monitoring_share(5, 12) == 1 and monitoring_share(3, 0) == 3 and monitoring_share(-1, 2) == 0
 
 
 # --- the job --------------------------------------------------------------------------------------
