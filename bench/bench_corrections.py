@@ -16,8 +16,9 @@ Two rounds of the loop on synthetic slices with known truth, with the daemon's o
   corrector behaviour from the mix judge it (:func:`~etchacell_loop.simulation.correction.correct_marks`),
   the corrections' consensus and verdict are computed by the rule the aggregate job uses
   (:func:`etchacell_loop.cria.correction.correction_consensus`), and the slice settles by the same
-  stopping rule. A disputed slice does not enter training and is traced again from scratch: its
-  tracing time is charged to the correction round.
+  stopping rule; a disputed slice is not retired as stable but waits for more correctors, up to
+  ``retirement.max_classifications``, as the retire job does. Still disputed there, it does not enter
+  training and is traced again from scratch: its tracing time is charged to the correction round.
 - The **monitoring guard**: ``--monitoring-slices`` of the corrected slices, at random, are also traced
   from scratch (``correction.monitoring_slices``: a count per model version); when the median Dice
   between corrected and traced consensus there falls below ``--guard-dice`` the round's corrections are
@@ -134,13 +135,21 @@ def _drawing(key: str, count: int, strokes: Sequence[SimStroke]) -> Drawing | No
     return Drawing(key, count, tuple(np.column_stack([s.x_px, s.y_px]) for s in on_slice))
 
 
-def _settle(areas: Sequence[Mask], stabilities: Sequence[float | None], rule: StableConsensus) -> int:
-    """The classification count at which ``rule`` retires, checking after every classification."""
+def _settle(
+    areas: Sequence[Mask],
+    stabilities: Sequence[float | None],
+    rule: StableConsensus,
+    disputed: Sequence[bool] | None = None,
+) -> int:
+    """The classification count at which ``rule`` retires, checking after every classification; a
+    correction subject whose consensus is ``disputed`` is not retired as stable but waits for more, up
+    to the limit, as the retire job does (``retire_job.held_while_disputed``)."""
     updates: list[Update] = []
     for count in range(1, len(areas) + 1):
         between = dice(areas[count - 1], areas[count - 2]) if count >= 2 else None
         updates.append(Update(count, stabilities[count - 1], between, 1))
-        if rule.decide(updates).retire:
+        decision = rule.decide(updates)
+        if decision.retire and not (decision.reason == "stable" and disputed and disputed[count - 1]):
             return count
     return len(areas)
 
@@ -199,7 +208,7 @@ def correct_round(
         results.append(correction_consensus(drawings, deleted, machine, setup.params, setup.correction))
         plain.append(slice_consensus(drawings, count, SHAPE, setup.params, with_stability=False).area)
     areas = [c.area for c, _ in results]
-    k = _settle(areas, [c.stability for c, _ in results], setup.rule)
+    k = _settle(areas, [c.stability for c, _ in results], setup.rule, [not v.usable for _, v in results])
     consensus, verdict = results[k - 1]
     return Settled(
         k, float(sum(seconds[:k])), dice(consensus.area, truth), consensus.area, verdict, dice(plain[k - 1], truth)
@@ -220,7 +229,9 @@ def default_setup() -> Setup:
     return Setup(
         CriaParams.from_settings(c, PIXEL_NM),
         StableConsensus(r.min_classifications, r.max_classifications, r.stability_dice, r.stable_checks),
-        rule_from_settings(c.correction_kept_weight, c.correction_agree_dice, c.correction_min_edits),
+        rule_from_settings(
+            c.correction_kept_weight, c.correction_agree_dice, c.correction_min_edits, c.correction_deleted_weight
+        ),
         TimeModel(),
     )
 

@@ -131,6 +131,7 @@ class ConsensusSettings(_Section):
     correction_kept_weight: float = Field(default=0.5, gt=0.0, le=1.0)
     correction_agree_dice: float = Field(default=0.9, gt=0.0, le=1.0)
     correction_min_edits: int = Field(default=2, ge=1)
+    correction_deleted_weight: float = Field(default=0.5, gt=0.0, le=1.0)
 
 
 class RetirementSettings(_Section):

@@ -160,12 +160,15 @@ def consensus_of_ballots(
     shape: tuple[int, int],
     params: CriaParams,
     with_stability: bool = True,
+    abstaining_weight: float = 1.0,
 ) -> Consensus:
     """The vote, band, outcomes and stability for fills already made (re-voting with new records
-    after pooling needs no second fill)."""
+    after pooling needs no second fill). Each classification without a drawing weighs
+    ``abstaining_weight`` in a vote over classifications (corrections weigh an empty submission
+    like a kept outline: :mod:`etchacell_loop.cria.correction`)."""
     method = consensus_method(params.method)
     method_params = params.method_params()
-    n_abstaining = max(0, n_classifications - len(ballots))
+    n_abstaining = max(0, n_classifications - len(ballots)) * abstaining_weight
     region = region_of(ballots)
     latest = int(np.argmax([d.classification_id for d in drawings])) if with_stability and len(ballots) >= 2 else None
     vote = method(ballots, n_abstaining, region, method_params, latest)

@@ -13,19 +13,33 @@ blindly (the rule, with the measurements behind its defaults, is in ``docs/corre
    *kept* outline (an untouched pre-loaded mark, or the overlay traced over as it was). Anything
    else is an *edit*. A volunteer who drew nothing where the machine drew something deleted it:
    on a correction subject that is an edit too, a vote for "no envelope here".
-2. **Kept counts less.** A kept outline carries ``kept_weight`` of a vote (default ½): agreeing costs
-   a volunteer nothing, and a careful corrector and an accept-anything volunteer submit the same
-   thing when the machine is right. Edits count fully; empty submissions count as "not here"
-   (the vote's denominator is every classification, not only the drawers). With ½, volunteers who
-   show the envelope is elsewhere win a pixel while they are more than a third of the correctors.
+2. **Kept and deleted count less.** A kept outline carries ``kept_weight`` of a vote (default ½):
+   agreeing costs a volunteer nothing, and a careful corrector and an accept-anything volunteer
+   submit the same thing when the machine is right. An empty submission is a vote for "not here"
+   of ``deleted_weight`` (default ½), for the same reason: deleting everything costs nothing too,
+   and an empty submitter and a careful volunteer who deletes a false outline submit the same
+   thing (counted whole, two empty submissions erased right outlines that two volunteers kept:
+   ``bench_corrections.py``). Edits count fully. With ½, volunteers who show the envelope is
+   elsewhere win a pixel while they are more than a third of the correctors.
 3. **A changed outline needs backers.** When the result differs from the machine outline
    (Dice < ``agree_dice``), at least ``min_edits`` volunteers must have edited it, else the slice
    is *disputed*: its consensus is kept for the record but is not training data, and the slice
    waits for more classifications. One volunteer's redraw does not overrule the model; one
    volunteer's acceptance does not confirm it against others.
+4. **A kept outline must not be contested.** When the result *is* the machine outline but at least
+   ``min_edits`` volunteers agree with each other on something else — they drew the same other
+   outline (Dice ≥ ``agree_dice`` with each other, as a kept outline with the machine's), or all
+   deleted it — and they carry at least the keepers' weight, the slice is *disputed* too. This is
+   the machine's fragments of a nucleus: every volunteer who traces the whole nucleus also covers
+   the fragments, so the pixel vote can keep the fragments while the coherent tracers of the
+   nucleus are too few for its rest (in ``bench_corrections.py`` such slices entered training at a
+   Dice of 0.04 with the truth). Waiting brings more volunteers: more keepers settle a right
+   outline, more tracers change a wrong one. Scattered scribbles agree on nothing and do not
+   contest.
 
 The verdict's states: ``confirmed`` (the consensus is the machine outline, as volunteers kept it),
-``corrected`` (volunteers changed it, enough of them), ``disputed`` (changed by too few).
+``corrected`` (volunteers changed it, enough of them), ``disputed`` (changed by too few, or kept
+against a coherent group of dissenters).
 
 Pure functions over masks; the aggregate job supplies the machine's area at the subject's pixels.
 """
@@ -57,7 +71,7 @@ class CorrectionState(enum.StrEnum):
 
     CONFIRMED = "confirmed"  # the consensus is the machine outline
     CORRECTED = "corrected"  # changed, by at least ``min_edits`` volunteers
-    DISPUTED = "disputed"  # changed by fewer: not training data
+    DISPUTED = "disputed"  # changed by fewer, or kept against enough who agree on another: not training data
 
     @property
     def usable(self) -> bool:
@@ -72,10 +86,13 @@ class CorrectionRule:
     kept_weight: float = 0.5
     agree_dice: float = 0.9
     min_edits: int = 2
+    deleted_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 < self.kept_weight <= 1.0:
             raise ValueError("kept_weight must be in (0, 1]")
+        if not 0.0 < self.deleted_weight <= 1.0:
+            raise ValueError("deleted_weight must be in (0, 1]")
         if not 0.0 < self.agree_dice <= 1.0:
             raise ValueError("agree_dice must be in (0, 1]")
         if self.min_edits < 1:
@@ -91,6 +108,7 @@ class CorrectionVerdict:
     n_edited: int  # drawings that changed it
     n_deleted: int  # classifications that drew nothing where the machine drew something
     machine_dice: float  # Dice between the consensus and the machine outline
+    n_contesting: int = 0  # dissenters who agree with each other on an outline other than the machine's
 
     @property
     def usable(self) -> bool:
@@ -103,6 +121,7 @@ class CorrectionVerdict:
             "edited": self.n_edited,
             "deleted": self.n_deleted,
             "machine_dice": round(self.machine_dice, 4),
+            "contesting": self.n_contesting,
         }
 
 
@@ -150,8 +169,25 @@ def correction_consensus(
     ]
     deleted = max(0, n_deleted) if machine.any() else 0
     voting = correction_params(params, deleted)
-    consensus = consensus_of_ballots(drawings, ballots, len(drawings) + deleted, shape, voting)
-    return consensus, judge(consensus.area, machine, sum(kept), len(kept) - sum(kept), deleted, rule)
+    consensus = consensus_of_ballots(
+        drawings, ballots, len(drawings) + deleted, shape, voting, abstaining_weight=rule.deleted_weight
+    )
+    contesting = contesting_count(
+        [f for f, keeps in zip(fills, kept, strict=True) if not keeps], deleted, machine, rule
+    )
+    return consensus, judge(consensus.area, machine, sum(kept), len(kept) - sum(kept), deleted, rule, contesting)
+
+
+def contesting_count(edits: Sequence[Patch], n_deleted: int, machine: Mask, rule: CorrectionRule) -> int:
+    """The largest group of dissenters who agree with each other on an outline other than the
+    machine's: the edits that match one edit as a kept outline matches the machine (Dice ≥
+    ``agree_dice``), or the deletions (all saying "nothing here") where the machine drew something.
+    Each edit already differs from the machine's outline, so any such group stands for another."""
+    shape = (int(machine.shape[0]), int(machine.shape[1]))
+    filled = [edit.paste(shape) for edit in edits]
+    deleting = n_deleted if machine.any() else 0
+    drawing = max((sum(1 for other in filled if dice(one, other) >= rule.agree_dice) for one in filled), default=0)
+    return max(deleting, drawing)
 
 
 def correction_params(params: CriaParams, n_deleted: int) -> CriaParams:
@@ -163,21 +199,34 @@ def correction_params(params: CriaParams, n_deleted: int) -> CriaParams:
     return replace(params, method="cria", denominator=denominator)
 
 
-def rule_from_settings(kept_weight: float, agree_dice: float, min_edits: int) -> CorrectionRule:
+def rule_from_settings(
+    kept_weight: float, agree_dice: float, min_edits: int, deleted_weight: float = 0.5
+) -> CorrectionRule:
     """The rule the ``consensus.correction_*`` settings name."""
-    return CorrectionRule(kept_weight=kept_weight, agree_dice=agree_dice, min_edits=min_edits)
+    return CorrectionRule(kept_weight, agree_dice, min_edits, deleted_weight)
 
 
 def judge(
-    area: Mask, machine: Mask, n_kept: int, n_edited: int, n_deleted: int, rule: CorrectionRule
+    area: Mask,
+    machine: Mask,
+    n_kept: int,
+    n_edited: int,
+    n_deleted: int,
+    rule: CorrectionRule,
+    n_contesting: int = 0,
 ) -> CorrectionVerdict:
-    """Confirmed when the consensus is the machine outline; corrected when it differs and at least
-    ``min_edits`` volunteers changed it (drawing or deleting); disputed otherwise."""
+    """Confirmed when the consensus is the machine outline and it is not contested (fewer than
+    ``min_edits`` dissenters agree on another outline, or they weigh less than the keepers);
+    corrected when it differs and at least ``min_edits`` volunteers changed it (drawing or
+    deleting); disputed otherwise."""
     agreement = dice(area, machine)
-    if agreement >= rule.agree_dice:
+    contested = n_contesting >= rule.min_edits and n_contesting >= rule.kept_weight * n_kept
+    if agreement >= rule.agree_dice and not contested:
         state = CorrectionState.CONFIRMED
+    elif agreement >= rule.agree_dice:
+        state = CorrectionState.DISPUTED
     elif n_edited + n_deleted >= rule.min_edits:
         state = CorrectionState.CORRECTED
     else:
         state = CorrectionState.DISPUTED
-    return CorrectionVerdict(state, n_kept, n_edited, n_deleted, agreement)
+    return CorrectionVerdict(state, n_kept, n_edited, n_deleted, agreement, n_contesting)

@@ -119,14 +119,14 @@ def region_of(ballots: Sequence[Ballot]) -> Region:
     )
 
 
-ConsensusMethod = Callable[[Sequence[Ballot], int, Region, MethodParams, int | None], Vote]
+ConsensusMethod = Callable[[Sequence[Ballot], float, Region, MethodParams, int | None], Vote]
 """(ballots, number of classifications that drew nothing on the slice, region, params, leave_out) →
 vote. With ``leave_out`` (a ballot's index) the vote also carries the area the method gives without
 that ballot: the stability of a consensus, which vote methods get by subtraction, not a second vote."""
 
 
 def plain_vote(
-    ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams, leave_out: int | None = None
+    ballots: Sequence[Ballot], n_abstaining: float, region: Region, params: MethodParams, leave_out: int | None = None
 ) -> Vote:
     """The paper's CRIA vote (weighted by reliability only when records are given)."""
     weights = np.array([_weight(b, params) for b in ballots], dtype=np.float32)
@@ -135,7 +135,7 @@ def plain_vote(
 
 
 def robust_vote(
-    ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams, leave_out: int | None = None
+    ballots: Sequence[Ballot], n_abstaining: float, region: Region, params: MethodParams, leave_out: int | None = None
 ) -> Vote:
     """Vote among the drawings that overlap the medoid drawing, weighted by pooled reliability.
     The gate looks at a coarse stack; the vote counts only the members, over their own box."""
@@ -176,7 +176,7 @@ def robust_vote(
 
 
 def staple(
-    ballots: Sequence[Ballot], n_abstaining: int, region: Region, params: MethodParams, leave_out: int | None = None
+    ballots: Sequence[Ballot], n_abstaining: float, region: Region, params: MethodParams, leave_out: int | None = None
 ) -> Vote:
     """STAPLE with pooled records as prior counts; abstainers say nothing about where the area is.
     (Sums by ``einsum``, not BLAS: see :func:`pairwise_iou`.) Its stability is a second estimation."""
@@ -233,7 +233,7 @@ def _weighted_vote(
     region: Region,
     weights: NDArray[np.float32],
     members: NDArray[np.bool_],
-    n_abstaining: int,
+    n_abstaining: float,
     params: MethodParams,
     leave_out: int | None = None,
 ) -> Vote:

@@ -462,6 +462,7 @@ def _aggregate_slice(
                 settings.consensus.correction_kept_weight,
                 settings.consensus.correction_agree_dice,
                 settings.consensus.correction_min_edits,
+                settings.consensus.correction_deleted_weight,
             )
             deleted = _deletions(own, drawings)
             consensus, verdict = correction_consensus(drawings.drawings, deleted, machine, params, rule)

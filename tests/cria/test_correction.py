@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -52,7 +54,10 @@ def defaults() -> tuple[CriaParams, CorrectionRule]:
     consensus = Settings().consensus
     params = CriaParams.from_settings(consensus, pixel_size_nm=10.0)
     rule = rule_from_settings(
-        consensus.correction_kept_weight, consensus.correction_agree_dice, consensus.correction_min_edits
+        consensus.correction_kept_weight,
+        consensus.correction_agree_dice,
+        consensus.correction_min_edits,
+        consensus.correction_deleted_weight,
     )
     return params, rule
 
@@ -93,25 +98,89 @@ def test_a_lone_redraw_among_many_acceptors_loses_the_vote() -> None:
     assert verdict.state is CorrectionState.CONFIRMED and (verdict.n_kept, verdict.n_edited) == (8, 1)
 
 
+def test_fragments_kept_by_the_vote_are_disputed_while_a_coherent_group_traces_the_nucleus() -> None:
+    """bench_corrections.py's failure: three keepers (half a vote each), two volunteers who traced the
+    whole nucleus and two who deleted everything. Every tracer covers the fragments too, so the pixel
+    vote keeps them (3.5 of 4.5: a keeper and an empty submission count half) and drops the rest of
+    the nucleus (2 of 4.5): before the contest rule this was *confirmed* and the fragments became
+    training data."""
+    rng = np.random.default_rng(8)
+    drawings = [kept(i) for i in range(3)] + [traced(i, rng) for i in range(2)]
+    machine = machine_fragments()
+    consensus, verdict = correction_consensus(drawings, 2, machine, *defaults())
+    assert dice(consensus.area, machine) > 0.9  # the vote alone keeps the fragments
+    assert verdict.n_contesting == 2  # the two tracers agree on the nucleus (and the two deleters on nothing)
+    assert verdict.state is CorrectionState.DISPUTED and not verdict.usable
+    assert verdict.as_json()["contesting"] == 2
+    # more volunteers settle it: two more tracers change the outline, enough of them
+    more = drawings + [traced(i, rng) for i in range(2, 4)]
+    consensus, verdict = correction_consensus(more, 2, machine, *defaults())
+    assert verdict.state is CorrectionState.CORRECTED and dice(consensus.area, disk(*NUCLEUS)) > 0.9
+
+
+def test_two_who_agree_on_another_outline_contest_three_keepers_but_not_five() -> None:
+    """The contest weighs like the vote: a keeper counts half, so two coherent dissenters contest
+    three keepers (1.5) and not five (2.5). Here the model's outline is too small; two volunteers
+    trace the whole nucleus, two delete everything (half a vote each); the pixel vote keeps the
+    small outline either way (the nucleus's ring gets 2 of 4.5 and of 5.5 votes)."""
+    rng = np.random.default_rng(9)
+    small = (130.0, 130.0, 60.0)
+    machine = disk(*small)
+    dissent = [traced(i, rng) for i in range(2)]
+    for keepers, state in ((3, CorrectionState.DISPUTED), (5, CorrectionState.CONFIRMED)):
+        drawings = [Drawing(f"k{i}", i, (loop(*small),)) for i in range(keepers)] + dissent
+        consensus, verdict = correction_consensus(drawings, 2, machine, *defaults())
+        assert dice(consensus.area, machine) > 0.97 and verdict.n_contesting == 2
+        assert verdict.state is state, keepers
+
+
 def test_a_right_outline_is_confirmed_despite_scribbles_and_a_deletion() -> None:
     rng = np.random.default_rng(6)
     machine = disk(*NUCLEUS)
     keepers = [Drawing(f"k{i}", i, (loop(*NUCLEUS),)) for i in range(6)]
     scribbles = [Drawing(f"s{i}", 100 + i, (loop(40.0 + 60 * i, 30.0, 15.0, rng),)) for i in range(2)]
     consensus, verdict = correction_consensus(keepers + scribbles, 1, machine, *defaults())
-    assert verdict.state is CorrectionState.CONFIRMED
+    assert verdict.state is CorrectionState.CONFIRMED and verdict.n_contesting == 1  # only the deletion backs "none"
     assert (verdict.n_kept, verdict.n_edited, verdict.n_deleted) == (6, 2, 1)
     assert dice(consensus.area, machine) > 0.97
 
 
 def test_deleting_a_false_outline_takes_enough_volunteers() -> None:
     """Where the model drew a nucleus that is not there, volunteers who delete it and submit nothing
-    vote "not here"; two acceptors do not keep it."""
+    vote "not here" (half a vote each, as a keeper's); two acceptors do not keep it."""
     machine = disk(*NUCLEUS)
     keepers = [Drawing(f"k{i}", i, (loop(*NUCLEUS),)) for i in range(2)]
     consensus, verdict = correction_consensus(keepers, 5, machine, *defaults())
     assert not consensus.area.any()
     assert verdict.state is CorrectionState.CORRECTED and verdict.n_deleted == 5
+
+
+def test_two_empty_submissions_do_not_erase_an_outline_two_kept() -> None:
+    """bench_corrections.py's other failure: two empty submitters and two keepers of a right outline.
+    Counted whole, the deletions erased it (corrected, Dice 0 with the truth); at half a vote they
+    tie the keepers, the outline stands, and the two deleters contest it until more keepers come."""
+    machine = disk(*NUCLEUS)
+    keepers = [Drawing(f"k{i}", i, (loop(*NUCLEUS),)) for i in range(2)]
+    consensus, verdict = correction_consensus(keepers, 2, machine, *defaults())
+    assert dice(consensus.area, machine) > 0.97
+    assert verdict.state is CorrectionState.DISPUTED and verdict.n_contesting == 2
+    whole = replace(defaults()[1], deleted_weight=1.0)
+    erased, before = correction_consensus(keepers, 2, machine, defaults()[0], whole)
+    assert not erased.area.any() and before.state is CorrectionState.CORRECTED
+    more = keepers + [Drawing(f"k{i}", i, (loop(*NUCLEUS),)) for i in range(2, 5)]
+    _, settled = correction_consensus(more, 2, machine, *defaults())
+    assert settled.state is CorrectionState.CONFIRMED
+
+
+def test_a_false_outline_kept_by_most_is_not_confirmed_against_its_deleters() -> None:
+    """Six acceptors keep an outline where there is no nucleus, four volunteers delete it: at half a
+    vote each the outline wins the vote, but the four deleters contest it (4 against 6 keepers' 3),
+    so it is disputed, not training data."""
+    machine = disk(*NUCLEUS)
+    keepers = [Drawing(f"k{i}", i, (loop(*NUCLEUS),)) for i in range(6)]
+    consensus, verdict = correction_consensus(keepers, 4, machine, *defaults())
+    assert dice(consensus.area, machine) > 0.97
+    assert verdict.state is CorrectionState.DISPUTED and not verdict.usable
 
 
 def test_where_the_machine_drew_nothing_an_empty_submission_agrees() -> None:
