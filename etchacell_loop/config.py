@@ -426,14 +426,11 @@ def _suggestion(key: str) -> str:
 
 
 def _origin(key: str, sources: Mapping[str, str]) -> str:
-    source = sources.get(key)
-    if source is None:
-        # A whole section can fail (e.g. retirement bounds); name where its keys came from.
-        inner = {v for k, v in sources.items() if k.startswith(key + ".")}
-        source = ", ".join(sorted(inner)) if inner else None
-    if source is None:
-        return ""
-    return f" (set by {env_var_for(key)})" if source == "env" else f" (in {source})"
+    """Where ``key`` was set; for a whole section's error (e.g. retirement bounds), where each of
+    its keys that was set came from: the variable or the file."""
+    keys = [key] if key in sources else sorted(k for k in sources if k.startswith(key + "."))
+    places = sorted({f"set by {env_var_for(k)}" if sources[k] == "env" else f"in {sources[k]}" for k in keys})
+    return f" ({', '.join(places)})" if places else ""
 
 
 def _short_repr(value: Any) -> str:

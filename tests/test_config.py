@@ -90,6 +90,11 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
             "correction.monitoring_fraction: unknown setting (replaced by correction.monitoring_slices",
         ),
         (
+            "",
+            {"ETCHACELL_CORRECTION__MONITORING_SLICES": "2"},
+            "could never judge a version (set by ETCHACELL_CORRECTION__MONITORING_SLICES)",
+        ),
+        (
             "[correction]\nmonitoring_slices = 2\n",
             {},
             "monitoring_slices (2) is below min_monitoring_slices (3): the monitoring guard could never judge",
