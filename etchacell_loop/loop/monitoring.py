@@ -4,8 +4,8 @@ out of training.
 Why: the correction rule of one slice (:mod:`etchacell_loop.cria.correction`) cannot see a crowd that
 accepts *everything*: when every corrector keeps a wrong outline, nothing on that slice contradicts
 it. So the publish job sends a few random slices of each version (``correction.monitoring_slices``)
-to the tracing workflow as well, as ordinary raw subjects that other volunteers trace from scratch, and the two
-answers are compared where both exist:
+to the tracing workflow as well, as ordinary raw subjects that other volunteers trace from scratch,
+and the two answers are compared where both exist:
 
 1. **Measure.** For every monitoring slice whose correction subject and traced subject have both
    settled (the stopping rule retired them: a first tracing or two is not the crowd's answer) and
